@@ -1,0 +1,172 @@
+"""The state home and its configuration.
+
+Everything kiln keeps lives under one directory, the state home: `KILN_HOME`, or
+`$XDG_DATA_HOME/kiln` (default `~/.local/share/kiln`). It holds the catalog database, the blob
+store, region folders, caches, run logs and temporary work directories (on the same filesystem as
+the blobs, so publishing a finished disk is a rename, not a copy).
+
+`config.toml` in the state home is optional:
+
+    [mirrors]
+    debian = "http://mirror.example/debian"        # default: the host's own apt sources
+    ubuntu = "http://mirror.example/ubuntu"        # no default: Ubuntu offers need it
+
+    [[uri_rewrites]]                               # so a template written for Azure builds offline
+    prefix = "https://raw.githubusercontent.com/danielsollondon/"
+    target = "/srv/mirror/scripts/"                # a folder, or another URL prefix
+
+    [locations]
+    allowed = ["westus2", "westeurope"]            # default: Azure's public region names
+
+    [regions.westus2]                              # default: a few folder regions under regions/
+    path = "/data/regions/westus2"
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln.errors import InvalidInput
+
+DEFAULT_REGIONS = ("eastus", "westus2", "westeurope", "northeurope", "southeastasia")
+
+
+@dataclass(frozen=True)
+class UriRewrite:
+    prefix: str
+    target: str
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    name: str
+    kind: str = "folder"  # folder | azureblob
+    path: str = ""  # folder regions
+    url: str = ""  # azureblob: account URL or connection string
+    container: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    home: Path
+    debian_mirror: str | None = None
+    ubuntu_mirror: str | None = None
+    uri_rewrites: tuple[UriRewrite, ...] = ()
+    allowed_locations: tuple[str, ...] | None = None  # None: Azure's public regions
+    regions: tuple[RegionConfig, ...] = field(default_factory=tuple)
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.home / "catalog.sqlite"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.home / "work"
+
+    def region(self, name: str) -> RegionConfig:
+        for r in self.regions:
+            if r.name.lower() == name.lower():
+                return r
+        known = ", ".join(r.name for r in self.regions)
+        raise InvalidInput(f"unknown region {name!r}", hint=f"configured regions: {known} (see {self.home / 'config.toml'})")
+
+
+def default_home() -> Path:
+    if env := os.environ.get("KILN_HOME"):
+        return Path(env).expanduser().absolute()
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "kiln"
+
+
+def host_debian_mirror(root: Path = Path("/")) -> str | None:
+    """The Debian mirror the host's own apt uses (deb822 .sources first, then sources.list)."""
+    candidates: list[str] = []
+    src_dir = root / "etc/apt/sources.list.d"
+    for f in sorted(src_dir.glob("*.sources")) if src_dir.is_dir() else []:
+        for stanza in re.split(r"\n\s*\n", f.read_text(errors="replace")):
+            fields = _deb822(stanza)
+            if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes").lower() == "no":
+                continue
+            suites = fields.get("suites", "").split()
+            if suites and all(s.endswith(("-security", "/updates")) for s in suites):
+                continue
+            candidates += fields.get("uris", "").split()
+    lists = [root / "etc/apt/sources.list", *sorted(src_dir.glob("*.list"))] if src_dir.is_dir() else [root / "etc/apt/sources.list"]
+    for f in lists:
+        if not f.is_file():
+            continue
+        for line in f.read_text(errors="replace").splitlines():
+            words = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()
+            if len(words) >= 3 and words[0] == "deb" and not words[2].endswith("-security"):
+                candidates.append(words[1])
+    for uri in candidates:
+        if uri.rstrip("/").endswith("/debian"):
+            return uri.rstrip("/")
+    return candidates[0].rstrip("/") if candidates else None
+
+
+def _deb822(stanza: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    key = None
+    for line in stanza.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        if line[0].isspace() and key:
+            fields[key] += " " + line.strip()
+        elif ":" in line:
+            key, value = line.split(":", 1)
+            key = key.strip().lower()
+            fields[key] = value.strip()
+    return fields
+
+
+def load_config(home: Path | None = None) -> Config:
+    """Read `config.toml` from the state home (if any) and fill in defaults."""
+    home = (home or default_home()).absolute()
+    path = home / "config.toml"
+    data: dict = {}
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise InvalidInput(f"config is not valid TOML: {e}", file=str(path), hint="fix the syntax") from e
+    mirrors = data.get("mirrors", {})
+    rewrites = tuple(
+        UriRewrite(str(r["prefix"]), str(r["target"])) for r in data.get("uri_rewrites", []) if "prefix" in r and "target" in r
+    )
+    allowed = data.get("locations", {}).get("allowed")
+    regions_cfg = data.get("regions") or {name: {} for name in DEFAULT_REGIONS}
+    regions = tuple(
+        RegionConfig(
+            name=name,
+            kind=str(r.get("kind", "folder")),
+            path=str(r.get("path") or home / "regions" / name),
+            url=str(r.get("url", "")),
+            container=str(r.get("container", "")),
+        )
+        for name, r in regions_cfg.items()
+    )
+    return Config(
+        home=home,
+        debian_mirror=mirrors.get("debian") or host_debian_mirror(),
+        ubuntu_mirror=mirrors.get("ubuntu"),
+        uri_rewrites=rewrites,
+        allowed_locations=tuple(allowed) if allowed else None,
+        regions=regions,
+    )
