@@ -1,0 +1,221 @@
+"""The content-addressed blob store: every disk kiln keeps, once, named by its digest.
+
+A blob is a fixed VHD: the disk's raw bytes (a whole number of MiB), then kiln's canonical
+512-byte footer (`kiln.disk.vhd`). It lives at `blobs/<d[:2]>/<digest>.vhd`, read-only, where
+`digest` is `kiln.store.digest.disk_digest` of the raw part. Because the footer is derived from
+the digest, a blob verifies by recomputing the digest and comparing the footer bytes.
+
+Publishing a disk the build assembled in the work dir (same filesystem) copies nothing: the file is
+extended sparsely to a whole MiB, hashed, given its footer, fsynced and renamed into place. A
+user's file is never modified: it is reflinked or sparse-copied first. Everything is written under
+a temporary `.unverified` name and only renamed to the digest's name when complete, so a blob path
+that exists is a complete blob, and a crash leaves at worst a temporary file that `kiln gc` removes.
+
+A *lease* says "a live process is using this digest": gc never deletes a leased blob. A lease
+records the holder's pid and its start time, so the lease of a killed process simply expires.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from kiln.disk import formats, vhd
+from kiln.errors import KilnError
+from kiln.events import Monitor, NullMonitor
+from kiln.store import files
+from kiln.store.db import Catalog, now
+from kiln.store.digest import disk_digest
+
+
+@dataclass(frozen=True)
+class DiskRef:
+    """A disk others can boot (`qemu -drive format=<format>,readonly=on`) and read partitions from at
+    plain offsets (the data starts at byte 0). Blobs are shared: open them read-only or use a snapshot."""
+
+    path: Path
+    format: Literal["raw", "vpc"]
+    virtual_size: int
+
+
+@dataclass(frozen=True)
+class Blob:
+    digest: str
+    path: Path
+    virtual_size: int
+    size: int
+
+    @property
+    def disk(self) -> DiskRef:
+        return DiskRef(self.path, "vpc", self.virtual_size)
+
+
+class BlobCorrupt(KilnError):
+    """A blob's bytes do not match its name."""
+
+
+def process_start(pid: int) -> str:
+    """The start time of `pid` (from /proc), to tell a live holder from a reused pid; '' if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def pid_alive(pid: int, start: str) -> bool:
+    return bool(start) and process_start(pid) == start
+
+
+class BlobStore:
+    def __init__(self, root: Path, catalog: Catalog, work_dir: Path) -> None:
+        self.root = root
+        self.tmp_dir = root / "tmp"
+        self.catalog = catalog
+        self.work_dir = work_dir
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, digest: str) -> Path:
+        return self.root / digest[:2] / f"{digest}.vhd"
+
+    def get(self, digest: str) -> Blob:
+        row = self.catalog.one("SELECT * FROM blobs WHERE digest = ?", (digest,))
+        if row is None:
+            raise KilnError(f"blob {digest} is not in the catalog", hint="run kiln store check")
+        return Blob(digest, self.path_for(digest), row["virtual_size"], row["size"])
+
+    # ------------------------------------------------------------------ leases
+
+    @contextmanager
+    def lease(self, digest: str, holder: str) -> Iterator[None]:
+        """Keep gc away from `digest` while the block runs (and, if killed, until the pid is gone)."""
+        lease_id = self.take_lease(digest, holder)
+        try:
+            yield
+        finally:
+            self.release_lease(lease_id)
+
+    def take_lease(self, digest: str, holder: str) -> int:
+        pid = os.getpid()
+        with self.catalog.write() as db:
+            cur = db.execute(
+                "INSERT INTO leases (digest, holder, pid, pid_start, created) VALUES (?, ?, ?, ?, ?)",
+                (digest, holder, pid, process_start(pid), now()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def release_lease(self, lease_id: int) -> None:
+        with self.catalog.write() as db:
+            db.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
+
+    def release_holder(self, holder: str) -> None:
+        with self.catalog.write() as db:
+            db.execute("DELETE FROM leases WHERE holder = ?", (holder,))
+
+    def live_leases(self) -> set[str]:
+        return {r["digest"] for r in self.catalog.query("SELECT * FROM leases") if pid_alive(r["pid"], r["pid_start"])}
+
+    # ------------------------------------------------------------------ ingest
+
+    def ingest(self, path: Path, *, holder: str, move: bool = False, monitor: Monitor | None = None) -> Blob:
+        """Put the disk at `path` into the store and return its blob (already there: deduplicated).
+
+        `move=True` consumes a disk in the work dir (raw, or a fixed VHD): no byte is copied. Otherwise
+        `path` is left untouched and its content is reflinked, sparse-copied or (qcow2, dynamic VHD)
+        converted into a temporary file first. The blob is leased to `holder` before it becomes
+        visible; the caller releases the lease (`release_holder`) once a catalog row references it.
+        """
+        monitor = monitor or NullMonitor()
+        info = formats.detect(path)
+        same_fs = _same_fs(path, self.root)
+        try:
+            if move and same_fs and (info.format == "raw" or info.subformat == "fixed"):
+                work, data_size = path, info.data_size
+            else:
+                work, data_size = self._private_copy(path, info, monitor), None
+            try:
+                return self._publish(work, data_size, holder=holder, monitor=monitor)
+            finally:
+                if work != path:
+                    work.unlink(missing_ok=True)
+        except OSError as e:
+            if (err := files.no_space(e, self.root)) is not None:
+                raise err from e
+            raise
+
+    def _private_copy(self, path: Path, info: formats.DiskInfo, monitor: Monitor) -> Path:
+        tmp = files.tmp_name(self.tmp_dir, "import")
+        try:
+            monitor.step("copy", f"{info.label} {path}")
+            if info.format == "raw" or info.subformat == "fixed":
+                if files.try_reflink(path, tmp):
+                    os.truncate(tmp, info.data_size)
+                    method = "reflink"
+                else:
+                    files.sparse_copy(path, tmp, info.data_size)
+                    method = "sparse copy"
+            else:
+                formats.convert_to_raw(path, info, tmp)
+                method = "qemu-img convert"
+            monitor.result("copy", message=method)
+            return tmp
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _publish(self, work: Path, data_size: int | None, *, holder: str, monitor: Monitor) -> Blob:
+        with work.open("r+b") as f:
+            size = data_size if data_size is not None else os.fstat(f.fileno()).st_size
+            virtual_size = vhd.round_up_mib(size)
+            # A fixed VHD: drop its footer, zero-extend to the MiB (sparse, nothing written).
+            os.ftruncate(f.fileno(), size)
+            os.ftruncate(f.fileno(), virtual_size)
+        monitor.step("hash", f"{virtual_size >> 20} MiB")
+        digest = disk_digest(work, virtual_size)
+        monitor.result("hash", message=digest[:16])
+        vhd.append_fixed_footer(work, bytes.fromhex(digest)[:16])
+        self.take_lease(digest, holder)
+        final = self.path_for(digest)
+        final.parent.mkdir(exist_ok=True)
+        if final.exists():
+            work.unlink()  # the same disk is already stored: this copy is redundant
+        else:
+            os.chmod(work, 0o444)  # blobs are shared by hardlinks: nobody may write them
+            os.replace(work, final)
+            files.fsync_dir(final.parent)
+        with self.catalog.write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO blobs (digest, virtual_size, size, created) VALUES (?, ?, ?, ?)",
+                (digest, virtual_size, virtual_size + vhd.FOOTER_SIZE, now()),
+            )
+        return Blob(digest, final, virtual_size, virtual_size + vhd.FOOTER_SIZE)
+
+    # ------------------------------------------------------------------ verification
+
+    def verify_file(self, path: Path, digest: str, virtual_size: int) -> None:
+        """Raise BlobCorrupt unless `path` is exactly the blob `digest` (size, data digest, footer)."""
+        size = path.stat().st_size
+        if size != virtual_size + vhd.FOOTER_SIZE:
+            raise BlobCorrupt(f"{path}: {size} bytes, expected {virtual_size + vhd.FOOTER_SIZE}")
+        with path.open("rb") as f:
+            f.seek(virtual_size)
+            footer = f.read(vhd.FOOTER_SIZE)
+        if footer != vhd.make_footer(virtual_size, bytes.fromhex(digest)[:16]):
+            raise BlobCorrupt(f"{path}: its VHD footer is not kiln's footer for {digest[:16]}")
+        got = disk_digest(path, virtual_size)
+        if got != digest:
+            raise BlobCorrupt(f"{path}: content digest {got[:16]} does not match its name {digest[:16]}")
+
+    def verify(self, blob: Blob) -> None:
+        self.verify_file(blob.path, blob.digest, blob.virtual_size)
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_dev == b.stat().st_dev
+    except OSError:
+        return False

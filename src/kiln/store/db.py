@@ -1,0 +1,185 @@
+"""The catalog database: SQLite in WAL mode, shared safely by many kiln processes.
+
+Every write happens in a `BEGIN IMMEDIATE` transaction (`Catalog.write()`), which takes SQLite's
+write lock up front: two processes that both read-then-write (say, "highest version, plus one")
+are serialised instead of both computing the same answer. Readers never block writers (WAL).
+`busy_timeout` makes a waiting process wait rather than fail.
+
+The schema is versioned from the first release: `MIGRATIONS` is an append-only list, the database's
+`PRAGMA user_version` says how many have been applied, and `open_catalog` applies the rest inside
+one write transaction (so two processes starting at once cannot both migrate). A later part adds
+DevTest Labs tables by appending a migration, never by editing an old one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+MIGRATIONS: list[tuple[str, ...]] = [
+    # 1: blobs, managed images, galleries, regions' replicas, templates, runs, run outputs, leases.
+    (
+        """CREATE TABLE blobs (
+            digest TEXT PRIMARY KEY,
+            virtual_size INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            created REAL NOT NULL)""",
+        """CREATE TABLE images (
+            key TEXT PRIMARY KEY,
+            id TEXT NOT NULL,
+            location TEXT NOT NULL,
+            os_type TEXT NOT NULL,
+            os_state TEXT NOT NULL,
+            hyper_v_generation TEXT NOT NULL,
+            digest TEXT NOT NULL REFERENCES blobs(digest),
+            tags TEXT NOT NULL DEFAULT '{}',
+            source TEXT NOT NULL DEFAULT '',
+            boot_tested INTEGER NOT NULL DEFAULT 0,
+            created REAL NOT NULL)""",
+        """CREATE TABLE galleries (
+            key TEXT PRIMARY KEY,
+            id TEXT NOT NULL,
+            location TEXT NOT NULL,
+            description TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL)""",
+        """CREATE TABLE gallery_images (
+            key TEXT PRIMARY KEY,
+            id TEXT NOT NULL,
+            gallery_key TEXT NOT NULL REFERENCES galleries(key),
+            publisher TEXT NOT NULL,
+            offer TEXT NOT NULL,
+            sku TEXT NOT NULL,
+            os_type TEXT NOT NULL,
+            os_state TEXT NOT NULL,
+            hyper_v_generation TEXT NOT NULL,
+            created REAL NOT NULL)""",
+        """CREATE TABLE gallery_image_versions (
+            key TEXT PRIMARY KEY,
+            id TEXT NOT NULL,
+            image_key TEXT NOT NULL REFERENCES gallery_images(key),
+            major INTEGER NOT NULL,
+            minor INTEGER NOT NULL,
+            patch INTEGER NOT NULL,
+            digest TEXT NOT NULL REFERENCES blobs(digest),
+            exclude_from_latest INTEGER NOT NULL DEFAULT 0,
+            target_regions TEXT NOT NULL DEFAULT '[]',
+            tags TEXT NOT NULL DEFAULT '{}',
+            source TEXT NOT NULL DEFAULT '',
+            boot_tested INTEGER NOT NULL DEFAULT 0,
+            created REAL NOT NULL,
+            UNIQUE (image_key, major, minor, patch))""",
+        """CREATE TABLE replicas (
+            region TEXT NOT NULL,
+            digest TEXT NOT NULL REFERENCES blobs(digest),
+            uri TEXT NOT NULL,
+            method TEXT NOT NULL,
+            created REAL NOT NULL,
+            PRIMARY KEY (region, digest))""",
+        """CREATE TABLE image_templates (
+            key TEXT PRIMARY KEY,
+            id TEXT NOT NULL,
+            template_json TEXT NOT NULL,
+            created REAL NOT NULL,
+            updated REAL NOT NULL)""",
+        """CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            template_key TEXT NOT NULL,
+            run_state TEXT NOT NULL,
+            run_sub_state TEXT NOT NULL,
+            message TEXT NOT NULL DEFAULT '',
+            start_time REAL NOT NULL,
+            end_time REAL,
+            log_path TEXT NOT NULL DEFAULT '',
+            pid INTEGER,
+            pid_start TEXT NOT NULL DEFAULT '')""",
+        "CREATE INDEX runs_by_template ON runs (template_key, start_time)",
+        """CREATE TABLE run_outputs (
+            run_id TEXT NOT NULL REFERENCES runs(run_id),
+            name TEXT NOT NULL,
+            template_key TEXT NOT NULL,
+            target_type TEXT NOT NULL,
+            artifact_id TEXT NOT NULL DEFAULT '',
+            artifact_uri TEXT NOT NULL DEFAULT '',
+            provisioning_state TEXT NOT NULL,
+            error TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL,
+            PRIMARY KEY (run_id, name))""",
+        "CREATE INDEX run_outputs_by_template ON run_outputs (template_key, name, created)",
+        """CREATE TABLE leases (
+            id INTEGER PRIMARY KEY,
+            digest TEXT NOT NULL,
+            holder TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            pid_start TEXT NOT NULL,
+            created REAL NOT NULL)""",
+        "CREATE INDEX leases_by_digest ON leases (digest)",
+    ),
+]
+
+
+class Catalog:
+    """One connection to the catalog. Not shared between threads; open one per process/thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # isolation_level=None: no implicit transactions; `write()` and `read()` say where they begin.
+        self.conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA busy_timeout = 60000")
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = FULL")
+        self.conn.execute("PRAGMA foreign_keys = ON")
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding the database's write lock from its first statement."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for several reads."""
+        self.conn.execute("BEGIN")
+        try:
+            yield self.conn
+        finally:
+            self.conn.execute("COMMIT")
+
+    def query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        return self.conn.execute(sql, args).fetchall()
+
+    def one(self, sql: str, args: tuple = ()) -> sqlite3.Row | None:
+        return self.conn.execute(sql, args).fetchone()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def dump(self) -> list[str]:
+        """Every row of every table as text (tests compare dumps taken before and after)."""
+        return list(self.conn.iterdump())
+
+
+def open_catalog(path: Path) -> Catalog:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cat = Catalog(path)
+    (version,) = cat.conn.execute("PRAGMA user_version").fetchone()
+    if version < len(MIGRATIONS):
+        with cat.write() as db:
+            (version,) = db.execute("PRAGMA user_version").fetchone()  # re-read under the lock
+            for i in range(version, len(MIGRATIONS)):
+                for stmt in MIGRATIONS[i]:
+                    db.execute(stmt)
+                db.execute(f"PRAGMA user_version = {i + 1}")
+    return cat
+
+
+def now() -> float:
+    return time.time()
