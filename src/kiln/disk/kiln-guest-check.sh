@@ -25,6 +25,8 @@ for _ in 1 2 3 4 5 6 7 8 9 10; do
 done
 sleep 1
 dmesg -n 1 2>/dev/null || true
+# The getty's "login: " prompt ends without a newline: start the marker on a line of its own.
+say ""
 say "KILN-READY $nonce state=${state:-unknown}"
 if [ "$state" != running ]; then
     systemctl --no-pager --no-legend --failed 2>/dev/null | sed 's/^/KILN-FAILED-UNIT /' >"$console"
@@ -43,8 +45,8 @@ for script in "$work"/scripts/*; do
     fi
     rc=$?
     tail -c 65536 "$work/out" >"$console"
-    # The output may not end with a newline; the end marker must start a line of its own.
-    say ""
+    # The end marker must start a line of its own, whether or not the output ended with a newline.
+    [ -n "$(tail -c 1 "$work/out")" ] && say ""
     say "KILN-END $nonce $idx $rc"
 done
 say "KILN-DONE $nonce"
