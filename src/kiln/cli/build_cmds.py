@@ -1,7 +1,113 @@
-"""Commands of one part of kiln (filled in by that part)."""
+"""`kiln build` and `kiln runs`: run a template's pipeline and look at runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
 
 import click
+from rich.console import Console
+from rich.table import Table
+
+from kiln.cli import App, pass_app
+from kiln.errors import InvalidInput
+
+
+def parse_parameters(values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        if "=" not in v:
+            raise InvalidInput(f"--parameters {v!r} is not NAME=VALUE", hint="e.g. --parameters imageTemplateName=web")
+        k, val = v.split("=", 1)
+        out[k.strip()] = val
+    return out
+
+
+def make_monitor(app: App):
+    from kiln.events import JsonMonitor, NullMonitor, TextMonitor
+
+    return {"text": lambda: TextMonitor(sys.stderr), "json": lambda: JsonMonitor(sys.stdout), "quiet": NullMonitor}[app.progress]()
+
+
+@click.command("build")
+@click.argument("template", type=click.Path(path_type=Path))
+@click.option("--parameters", "-p", multiple=True, help="ARM parameter value NAME=VALUE (repeatable).")
+@click.option("--no-validate", is_flag=True, help="Skip the boot test (quick iteration; the image is marked unverified).")
+@click.option("--boot-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for the guest to boot.")
+@click.option("--keep-work", is_flag=True, help="Keep the run's work directory, even on success.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run and its outputs as JSON.")
+@pass_app
+def build_cmd(app: App, template: Path, parameters: tuple[str, ...], no_validate: bool, boot_timeout: float,
+              keep_work: bool, as_json: bool) -> None:
+    """Build TEMPLATE: source, customize, generalize, assemble, boot-test, distribute."""
+    from kiln.build.context import BuildOptions
+    from kiln.build.pipeline import build
+    from kiln.store import Store
+    from kiln.template.load import load_template
+
+    templates = load_template(template, parse_parameters(parameters), config=app.config)
+    options = BuildOptions(validate=not no_validate, boot_timeout_s=boot_timeout, keep_work=keep_work)
+    monitor = make_monitor(app)
+    with Store.open(app.config) as store:
+        for t in templates:
+            ctx = build(t, config=app.config, store=store, monitor=monitor, options=options)
+            run = store.runs.get(ctx.run_id)
+            print_run(run, as_json)
+
+
+def print_run(run, as_json: bool) -> None:
+    data = run.to_json()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    console = Console()
+    console.print(f"run [bold]{data['runId']}[/] of {data['templateId']}: [bold]{data['runState']}[/]"
+                  + (f" — {data['message']}" if data.get("message") else ""))
+    table = Table("runOutputName", "provisioningState", "artifactId", "artifactUri")
+    for o in data.get("runOutputs", []):
+        table.add_row(o["name"], o["provisioningState"], o.get("artifactId") or "", o.get("artifactUri") or "")
+    console.print(table)
+    console.print(f"log: {data.get('logPath', '')}")
+
+
+@click.group("runs")
+def runs_group() -> None:
+    """Runs of image templates, with their states, timings and logs."""
+
+
+@runs_group.command("list")
+@click.option("--template", "template_id", default=None, help="Only runs of this image template id.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def runs_list(app: App, template_id: str | None, as_json: bool) -> None:
+    from kiln.store import Store
+
+    with Store.open(app.config) as store:
+        runs = store.runs.list(template_id)
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in runs], indent=2))
+        return
+    table = Table("run", "template", "runState", "runSubState", "started", "seconds")
+    for r in runs:
+        d = r.to_json()
+        table.add_row(d["runId"], d["templateId"].rsplit("/", 1)[-1], d["runState"], d.get("runSubState") or "",
+                      d.get("startTime") or "", f"{d['seconds']:.1f}" if d.get("seconds") is not None else "")
+    Console().print(table)
+
+
+@runs_group.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def runs_show(app: App, run_id: str, as_json: bool) -> None:
+    from kiln.store import Store
+
+    with Store.open(app.config) as store:
+        run = store.runs.get(run_id)
+    print_run(run, as_json)
 
 
 def register(cli: click.Group) -> None:
-    pass
+    cli.add_command(build_cmd)
+    cli.add_command(runs_group)

@@ -1,0 +1,205 @@
+"""Generalize a customized root: kiln's `waagent -force -deprovision+user`.
+
+A published image must not carry the identity of the machine it was built on, or every VM made
+from it would share it. What is done, on the host, without running anything inside the root:
+
+- /etc/machine-id emptied (kept as an empty file: systemd then treats the next boot as a first
+  boot and writes a fresh id); a copy in /var/lib/dbus removed; the systemd random seed and
+  credential secret removed.
+- SSH host keys removed; a oneshot unit (`kiln-ssh-host-keys.service`, ordered before
+  ssh.service, guarded by `ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key`) makes new ones at
+  first boot.
+- /etc/resolv.conf removed when it is a plain file (as waagent does); a symlink (resolved's
+  stub) is kept.
+- DHCP leases, cloud-init instance state, logs (files; folders stay so services can write),
+  shell histories, apt lists and caches, and everything in /tmp and /var/tmp removed.
+- root's password disabled (`*`), as waagent does. Users added by customizers are kept with
+  their passwords: waagent's `+user` deletes only the user *it* provisioned, and a kiln build
+  provisions none (customizers run as root in a sandbox, not over SSH as a build user).
+- kiln's own policy-rc.d removed, should a killed run have left it.
+
+If a customizer wrote /tmp/DeprovisioningScript.sh, it runs instead (inside the isolated root),
+as Azure Image Builder does; it then owns deprovisioning, and only kiln's own traces are removed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from kiln.customizers.base import CustomizerFailed, StepInfo
+from kiln.events import Monitor
+from kiln.sandbox.isolated import IsolatedRoot, remove_policy_rc_d, resolve_in_root
+
+DEPROVISIONING_SCRIPT = "/tmp/DeprovisioningScript.sh"
+SSH_KEYGEN_UNIT = "kiln-ssh-host-keys.service"
+_SSH_KEYGEN_UNIT_TEXT = """\
+[Unit]
+Description=Generate SSH host keys (removed when kiln generalized this image)
+ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+Before=ssh.service sshd.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+RemainAfterExit=yes
+
+[Install]
+WantedBy=multi-user.target ssh.service
+"""
+
+# Folders whose contents go, folders kept.
+_EMPTY_DIRS = ("tmp", "var/tmp", "var/lib/dhcp", "var/lib/dhclient", "var/cache/apt/archives/partial",
+               "var/lib/cloud/instances", "var/lib/cloud/data", "var/lib/cloud/sem", "var/log/journal")
+_FILES = ("var/lib/dbus/machine-id", "var/lib/systemd/random-seed", "var/lib/systemd/credential.secret",
+          "var/lib/cloud/instance", "root/.bash_history", "root/.lesshst", "root/.viminfo", "root/.python_history",
+          "root/.wget-hsts", "root/.sudo_as_admin_successful")
+_HISTORIES = (".bash_history", ".zsh_history", ".lesshst", ".viminfo", ".python_history", ".wget-hsts")
+
+
+def generalize(root: Path, monitor: Monitor, *, timeout: float | None = None) -> None:
+    """Deprovision the root tree at `root` in place (see the module docstring for what and why)."""
+    root = Path(root)
+    script = _host(root, DEPROVISIONING_SCRIPT)
+    if script.is_file():
+        monitor.log(f"running {DEPROVISIONING_SCRIPT} (written by a customizer) instead of kiln's deprovisioning",
+                    name="generalize")
+        with IsolatedRoot(root, monitor) as sandbox:
+            done = sandbox.run(["/bin/sh", DEPROVISIONING_SCRIPT], timeout=timeout, name="generalize")
+        if not done.ok:
+            info = StepInfo(0, "DeprovisioningScript.sh", "Deprovision", where="generalize")
+            raise CustomizerFailed(info, DEPROVISIONING_SCRIPT, returncode=done.returncode, tail=done.tail)
+        remove_policy_rc_d(root)
+        return
+    remove_policy_rc_d(root)
+    _machine_id(root)
+    _ssh_host_keys(root, monitor)
+    _resolv_conf(root)
+    for d in _EMPTY_DIRS:
+        _empty_dir(_host(root, d))
+    for f in _FILES:
+        _remove_file(_host(root, f))
+    _homes(root)
+    _logs(_host(root, "var/log"))
+    _apt(root)
+    _disable_root_password(root)
+    monitor.log("generalized: machine-id emptied, SSH host keys removed (regenerated at first boot), "
+                "leases, logs, histories, apt lists/caches, /tmp and /var/tmp cleaned", name="generalize")
+
+
+def _host(root: Path, inside: str) -> Path:
+    """The host path of `inside` with symlinks resolved within the root (never out of it)."""
+    return root / str(resolve_in_root(root, inside)).lstrip("/")
+
+
+def _machine_id(root: Path) -> None:
+    mid = _host(root, "etc/machine-id")
+    if mid.parent.is_dir():
+        mid.unlink(missing_ok=True)
+        mid.write_bytes(b"")
+        mid.chmod(0o444)
+
+
+def _ssh_host_keys(root: Path, monitor: Monitor) -> None:
+    ssh = _host(root, "etc/ssh")
+    if not ssh.is_dir():
+        return
+    for key in ssh.glob("ssh_host_*"):
+        key.unlink()
+    if not _host(root, "usr/sbin/sshd").exists() or not _host(root, "usr/bin/ssh-keygen").exists():
+        return
+    units = _host(root, "etc/systemd/system")
+    units.mkdir(parents=True, exist_ok=True)
+    (units / SSH_KEYGEN_UNIT).write_text(_SSH_KEYGEN_UNIT_TEXT)
+    for target in ("multi-user.target.wants", "ssh.service.wants"):
+        wants = units / target
+        wants.mkdir(exist_ok=True)
+        link = wants / SSH_KEYGEN_UNIT
+        if not link.is_symlink():
+            link.symlink_to(f"/etc/systemd/system/{SSH_KEYGEN_UNIT}")
+
+
+def _resolv_conf(root: Path) -> None:
+    resolv = root / "etc/resolv.conf"
+    if resolv.is_file() and not resolv.is_symlink():
+        resolv.unlink()
+
+
+def _empty_dir(path: Path) -> None:
+    if not path.is_dir() or path.is_symlink():
+        return
+    for entry in path.iterdir():
+        _remove(entry)
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+def _remove_file(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def _homes(root: Path) -> None:
+    home = _host(root, "home")
+    if not home.is_dir():
+        return
+    for user in home.iterdir():
+        if user.is_dir() and not user.is_symlink():
+            for name in _HISTORIES:
+                p = user / name
+                if p.is_file() or p.is_symlink():
+                    p.unlink()
+
+
+def _logs(log: Path) -> None:
+    """Remove every log file; keep the folders (services expect /var/log/apt, /var/log/journal...)."""
+    if not log.is_dir() or log.is_symlink():
+        return
+    for dirpath, _dirs, files in os.walk(log):
+        for f in files:
+            os.unlink(os.path.join(dirpath, f))
+
+
+def _apt(root: Path) -> None:
+    lists = _host(root, "var/lib/apt/lists")
+    if lists.is_dir():
+        for entry in lists.iterdir():
+            if entry.name not in ("partial", "lock", "auxfiles"):
+                _remove(entry)
+    cache = _host(root, "var/cache/apt")
+    if cache.is_dir():
+        for entry in cache.glob("*.bin"):
+            entry.unlink()
+        archives = cache / "archives"
+        if archives.is_dir():
+            for deb in archives.glob("*.deb"):
+                deb.unlink()
+
+
+def _disable_root_password(root: Path) -> None:
+    shadow = _host(root, "etc/shadow")
+    if not shadow.is_file():
+        return
+    lines = shadow.read_text().splitlines(keepends=True)
+    changed = False
+    for i, line in enumerate(lines):
+        fields = line.split(":")
+        if fields[0] == "root" and len(fields) > 2 and fields[1] not in ("*", "!", "!*"):
+            fields[1] = "*"
+            lines[i] = ":".join(fields)
+            changed = True
+    if changed:
+        st = shadow.stat()
+        tmp = shadow.with_name(".shadow.kiln")
+        tmp.write_text("".join(lines))
+        os.chown(tmp, st.st_uid, st.st_gid)
+        tmp.chmod(st.st_mode & 0o7777)
+        os.replace(tmp, shadow)

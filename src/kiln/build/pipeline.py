@@ -1,0 +1,370 @@
+"""The build: a template in, a boot-tested image published to its targets out.
+
+`build()` reads like the pipeline in design.md. Each step is a `verb_noun(ctx)` call that returns
+early when there is nothing to do, reports to the monitor, and moves the run's state as AIB does
+(Queued → Building → Customizing → Validating → Distributing; Succeeded, PartiallySucceeded,
+Failed, Canceled). The run's work directory is removed on success, failure, timeout and Ctrl-C
+alike, unless `errorHandling` says `abort` for the failure that happened (then its path and a
+ready-to-use command are printed).
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+import shutil
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from kiln.build.context import BuildContext, BuildOptions
+from kiln.build.runstate import RunRecorder
+from kiln.config import Config
+from kiln.errors import BuildFailed, Canceled, InvalidInput, KilnError
+from kiln.events import LogFile, Monitor, Monitors
+from kiln.ids import ResourceId
+from kiln.template.model import (
+    FileStep,
+    ImageTemplate,
+    ManagedImageSource,
+    PowerShellStep,
+    SharedImageVersionSource,
+    ShellStep,
+)
+
+
+class BuildTimeout(BuildFailed):
+    pass
+
+
+class ValidationError(BuildFailed):
+    pass
+
+
+def build(
+    template: ImageTemplate,
+    *,
+    config: Config,
+    store,
+    monitor: Monitor,
+    options: BuildOptions = BuildOptions(),
+    template_id: ResourceId | None = None,
+) -> BuildContext:
+    """Run one template end to end. Returns the finished context (state, outputs) or raises."""
+    template_id = template_id or template_resource_id(template)
+    recorder = RunRecorder.start(store, template, template_id, config)
+    log = LogFile(recorder.log_path)
+    ctx = BuildContext(
+        template=template,
+        template_id=template_id,
+        config=config,
+        store=store,
+        monitor=Monitors(monitor, log),
+        options=options,
+        run_id=recorder.run_id,
+        work=config.work_dir / recorder.run_id,
+        log_path=recorder.log_path,
+    )
+    ctx.monitor.begin("build", f"{template.name} (run {ctx.run_id}, log {ctx.log_path})")
+    keep_work = options.keep_work
+    try:
+        with deadline(template.timeout_minutes * 60):
+            ctx.work.mkdir(parents=True, exist_ok=True)
+            recorder.sub_state("Building")
+            check_supported(ctx)
+            resolve_source(ctx)
+            recorder.sub_state("Customizing")
+            try:
+                customize(ctx)
+                generalize(ctx)
+                assemble_disk(ctx)
+            except (BuildFailed, InvalidInput) as e:
+                keep_work = keep_work or abort_requested(ctx, template.error_handling.on_customizer_error, e)
+                raise
+            recorder.sub_state("Validating")
+            validate(ctx)
+            recorder.sub_state("Distributing")
+            distribute(ctx)
+        state, message = outcome(ctx)
+        recorder.finish(state, message, ctx.outputs)
+        ctx.monitor.finish("build", ok=state == "Succeeded", message=f"{state}{': ' + message if message else ''}")
+        if state == "Failed":
+            raise BuildFailed(message)
+        return ctx
+    except KeyboardInterrupt:
+        recorder.finish("Canceled", "canceled by the user", ctx.outputs)
+        ctx.monitor.finish("build", ok=False, message="Canceled")
+        raise Canceled("build canceled; nothing was published and the work directory was removed") from None
+    except ValidationError as e:
+        keep_work = keep_work or abort_requested(ctx, template.error_handling.on_validation_error, e)
+        recorder.finish("Failed", e.message, ctx.outputs)
+        ctx.monitor.finish("build", ok=False, message=f"Failed: {e.message}")
+        raise
+    except KilnError as e:
+        if not recorder.finished:
+            recorder.finish("Failed", e.message, ctx.outputs)
+            ctx.monitor.finish("build", ok=False, message=f"Failed: {e.message}")
+        raise
+    except BaseException as e:  # a bug: still record the run and clean up, then keep the traceback
+        recorder.finish("Failed", f"internal error: {e!r}", ctx.outputs)
+        raise
+    finally:
+        release(ctx, keep_work)
+        log.close()
+
+
+# ---------------------------------------------------------------- steps
+
+
+def check_supported(ctx: BuildContext) -> None:
+    """Fail fast, before any bootstrap, on what this host cannot build."""
+    from kiln.customizers import check_supported as check_steps
+    from kiln.sources import source_os_type
+
+    ctx.os_type = source_os_type(ctx.template.source, ctx.config, disk_for=lambda s: source_disk(ctx, s))
+    if ctx.os_type == "Windows":
+        raise InvalidInput(
+            f"template {ctx.template.name!r} has a Windows source; Windows images cannot be built on this host",
+            hint="no Windows installation media is reachable here; `kiln validate` still checks Windows templates",
+            path=".properties.source",
+        )
+    check_steps(ctx.template.customize, ctx.os_type)
+    check_steps(ctx.template.validate.in_vm_validations, ctx.os_type)
+
+
+def resolve_source(ctx: BuildContext) -> None:
+    from kiln import sources
+
+    ctx.monitor.step("source", describe_source(ctx.template))
+    tree = sources.resolve_source(
+        ctx.template.source,
+        config=ctx.config,
+        work=ctx.work,
+        monitor=ctx.monitor,
+        disk_for=lambda s: source_disk(ctx, s),
+    )
+    ctx.root = tree.path
+    ctx.exact_version = tree.exact_version
+    ctx.monitor.result("source", message=f"{tree.path} ({tree.os_release.get('PRETTY_NAME', '?')}, version {tree.exact_version})")
+
+
+def customize(ctx: BuildContext) -> None:
+    from kiln.customizers import run_customizers
+    from kiln.sandbox.isolated import IsolatedRoot
+
+    steps = ctx.template.customize
+    if not steps or ctx.template.validate.source_validation_only:
+        return
+    assert ctx.root is not None
+    ctx.monitor.step("customize", f"{len(steps)} step(s)")
+    run_customizers(steps, IsolatedRoot(ctx.root, monitor=ctx.monitor), config=ctx.config, monitor=ctx.monitor, os_type=ctx.os_type)
+    ctx.monitor.result("customize")
+
+
+def generalize(ctx: BuildContext) -> None:
+    from kiln.build.generalize import generalize as deprovision
+
+    if ctx.template.validate.source_validation_only:
+        return
+    assert ctx.root is not None
+    ctx.monitor.step("generalize", "deprovision (machine-id, ssh host keys, logs, caches)")
+    deprovision(ctx.root, ctx.monitor)
+    ctx.monitor.result("generalize")
+
+
+def assemble_disk(ctx: BuildContext) -> None:
+    from kiln.disk.assemble import assemble_disk as assemble
+    from kiln.disk.assemble import prepare_boot
+
+    assert ctx.root is not None
+    size_gb = ctx.template.vm_profile.os_disk_size_gb
+    ctx.monitor.step("assemble", f"GPT/UEFI disk, {'%d GiB' % size_gb if size_gb else 'content + headroom'}")
+    prepare_boot(ctx.root)
+    ctx.disk = ctx.work / "disk.raw"
+    layout = assemble(ctx.root, ctx.disk, size_bytes=size_gb * 1024**3 if size_gb else None, monitor=ctx.monitor)
+    ctx.disk_format = "raw"
+    # The tree is in the disk now; drop it early to give the disk space back.
+    shutil.rmtree(ctx.root, ignore_errors=True)
+    ctx.root = None
+    ctx.monitor.result("assemble", message=f"{ctx.disk} ({layout.size_bytes / 1024**3:.2f} GiB virtual)")
+
+
+def validate(ctx: BuildContext) -> None:
+    """Boot the disk in QEMU; run inVMValidations in the guest. Failure stops distribution unless
+    `continueDistributeOnFailure`; the run is Failed either way, as in AIB."""
+    from kiln.disk.boottest import boot_test
+
+    if not ctx.options.validate:
+        ctx.monitor.log("boot test skipped (--no-validate): the published image is marked unverified")
+        return
+    assert ctx.disk is not None
+    scripts = guest_scripts(ctx)
+    ctx.monitor.step("validate", f"boot in QEMU, {len(scripts)} in-VM validation(s)")
+    report = boot_test(
+        ctx.disk,
+        ctx.disk_format,
+        scripts=scripts,
+        timeout_s=ctx.options.boot_timeout_s,
+        monitor=ctx.monitor,
+        serial_log=ctx.log_path.with_name("serial.log"),
+    )
+    ctx.boot_report = report
+    failed = [r for r in report.results if r.exit_code != 0]
+    if not report.ok or failed:
+        if not report.marker_seen:
+            why = f"the image did not boot to readiness within {ctx.options.boot_timeout_s:.0f} s"
+        else:
+            why = "; ".join(f"validation {r.name!r} exited {r.exit_code}: {r.output_tail.strip()[-300:]}" for r in failed)
+        ctx.validation_failed = why
+        ctx.monitor.result("validate", ok=False, message=why)
+        if not ctx.template.validate.continue_distribute_on_failure:
+            raise ValidationError(f"validation failed: {why}", hint=f"serial console: {ctx.log_path.with_name('serial.log')}")
+        ctx.monitor.log("continueDistributeOnFailure is set: distributing the image anyway (run will be Failed)")
+        return
+    ctx.monitor.result("validate", message=f"booted in {report.seconds:.1f} s, {len(scripts)} validation(s) passed")
+
+
+def distribute(ctx: BuildContext) -> None:
+    from kiln.distribute import BuiltArtifact
+    from kiln.distribute import distribute as publish
+
+    assert ctx.disk is not None
+    ctx.monitor.step("distribute", f"{len(ctx.template.distribute)} target(s)")
+    artifact = BuiltArtifact(
+        disk=ctx.disk,
+        os_type=ctx.os_type,
+        os_state="Generalized",
+        hyper_v_generation="V2",
+        source_version=ctx.exact_version,
+        boot_tested=ctx.options.validate and ctx.validation_failed is None,
+        description=f"built by kiln from template {ctx.template.name}",
+    )
+    ctx.outputs = publish(
+        ctx.store, ctx.template.distribute, artifact, template_id=ctx.template_id, run_id=ctx.run_id, monitor=ctx.monitor
+    )
+    ok = sum(1 for o in ctx.outputs if o.provisioning_state == "Succeeded")
+    ctx.monitor.result("distribute", ok=ok == len(ctx.outputs), message=f"{ok}/{len(ctx.outputs)} target(s) published")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def outcome(ctx: BuildContext) -> tuple[str, str]:
+    """AIB's final runState: any validation failure is Failed; some targets failing is PartiallySucceeded."""
+    failed = [o for o in ctx.outputs if o.provisioning_state != "Succeeded"]
+    if ctx.validation_failed:
+        return "Failed", f"validation failed: {ctx.validation_failed}"
+    if failed and len(failed) == len(ctx.outputs):
+        return "Failed", "; ".join(f"{o.run_output_name}: {o.error}" for o in failed)
+    if failed:
+        return "PartiallySucceeded", "; ".join(f"{o.run_output_name}: {o.error}" for o in failed)
+    return "Succeeded", ""
+
+
+def guest_scripts(ctx: BuildContext) -> list:
+    """inVMValidations as shell scripts for the guest (File: the bytes embedded, written to the path)."""
+    from kiln.customizers.fetch import Fetcher
+    from kiln.disk.boottest import GuestScript
+
+    fetcher = Fetcher(ctx.config, ctx.monitor)
+    scripts = []
+    for i, step in enumerate(ctx.template.validate.in_vm_validations):
+        name = step.name or f"{step.type}-{i}"
+        if isinstance(step, ShellStep | PowerShellStep):
+            if step.inline is not None:
+                body = "\n".join(step.inline)
+            else:
+                body = fetcher.fetch_text(step.script_uri, step.sha256_checksum, what=f"inVMValidations[{i}].scriptUri")
+            if isinstance(step, PowerShellStep):
+                body = "command -v pwsh >/dev/null || { echo 'pwsh is not installed in this image' >&2; exit 127; }\n" \
+                    f"pwsh -NoProfile -NonInteractive -Command {shlex.quote(body)}"
+            scripts.append(GuestScript(name=name, content=("set -e\n" + body + "\n").encode()))
+        elif isinstance(step, FileStep):
+            data = fetcher.fetch_bytes(step.source_uri, step.sha256_checksum, what=f"inVMValidations[{i}].sourceUri")
+            encoded = base64.b64encode(data).decode()
+            dest = shlex.quote(step.destination)
+            scripts.append(GuestScript(
+                name=name,
+                content=f"set -e\nmkdir -p \"$(dirname {dest})\"\necho {encoded} | base64 -d > {dest}\n".encode(),
+            ))
+    return scripts
+
+
+def source_disk(ctx: BuildContext, source) -> tuple[Path, str, str | None]:
+    """The stored disk behind a ManagedImage or SharedImageVersion source: (path, format, version)."""
+    if isinstance(source, ManagedImageSource):
+        image = ctx.store.images.get(source.image_id)
+        return image.disk.path, image.disk.format, None
+    if isinstance(source, SharedImageVersionSource):
+        version = ctx.store.galleries.resolve_version(source.image_version_id)
+        return version.disk.path, version.disk.format, version.version
+    raise ValueError(f"no stored disk for a {source.type} source")
+
+
+def describe_source(t: ImageTemplate) -> str:
+    s = t.source
+    match s.type:
+        case "PlatformImage":
+            return f"PlatformImage {s.publisher}:{s.offer}:{s.sku}:{s.version}"
+        case "ManagedImage":
+            return f"ManagedImage {s.image_id}"
+        case "SharedImageVersion":
+            return f"SharedImageVersion {s.image_version_id}"
+        case _:
+            return f"ISO {s.source_uri}"
+
+
+def template_resource_id(t: ImageTemplate) -> ResourceId:
+    """The template's own id: subscription and resource group of its first distribute target."""
+    from kiln import ids
+
+    for target in t.distribute:
+        rid = ids.try_parse(getattr(target, "image_id", "") or getattr(target, "gallery_image_id", ""))
+        if rid:
+            return ResourceId(rid.subscription, rid.resource_group, "Microsoft.VirtualMachineImages", ("imageTemplates",), (t.name,))
+    return ResourceId("00000000-0000-0000-0000-000000000000", "kiln", "Microsoft.VirtualMachineImages", ("imageTemplates",), (t.name,))
+
+
+def abort_requested(ctx: BuildContext, mode: str, error: KilnError) -> bool:
+    if mode != "abort":
+        return False
+    hints = [f"errorHandling says abort: the work directory is kept at {ctx.work}"]
+    if ctx.root is not None and ctx.root.exists():
+        hints.append(f"enter the root: sudo unshare --mount --pid --fork chroot {shlex.quote(str(ctx.root))} /bin/bash")
+    if ctx.disk is not None and ctx.disk.exists():
+        hints.append(
+            "boot the disk: qemu-system-x86_64 -machine q35 -m 2048 -nographic "
+            f"-drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd "
+            f"-drive file={shlex.quote(str(ctx.disk))},format={ctx.disk_format},if=virtio,snapshot=on"
+        )
+    error.hint = "\n  ".join(filter(None, [error.hint, *hints]))
+    return True
+
+
+def release(ctx: BuildContext, keep_work: bool) -> None:
+    if keep_work:
+        ctx.monitor.log(f"work directory kept: {ctx.work}")
+        return
+    if ctx.work.exists():
+        shutil.rmtree(ctx.work, ignore_errors=True)
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """buildTimeoutInMinutes: raise BuildTimeout in the main thread when the time is up.
+    Subprocesses started with run() are killed by subprocess when the exception unwinds them."""
+
+    def expire(signum, frame):
+        raise BuildTimeout(
+            f"build timed out after {seconds / 60:g} minute(s) (buildTimeoutInMinutes)",
+            hint="raise buildTimeoutInMinutes (up to 960) or make the customizers faster",
+        )
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
