@@ -52,7 +52,7 @@ class DiskInfo:
 
 def _not_a_disk(path: Path, why: str) -> InvalidInput:
     return InvalidInput(
-        f"{path} is not a disk image: {why}",
+        f"not a disk image: {why}",
         file=str(path),
         hint="give a raw disk (with a partition table or filesystem), a qcow2, or a VHD (fixed or dynamic)",
     )
@@ -76,11 +76,11 @@ def detect(path: Path) -> DiskInfo:
                 f.seek(st.st_size - vhd.FOOTER_SIZE)
                 tail = f.read(vhd.FOOTER_SIZE)
     except FileNotFoundError:
-        raise InvalidInput(f"{path}: no such file", file=str(path), hint="check the path") from None
+        raise InvalidInput("no such file", file=str(path), hint="check the path") from None
     except IsADirectoryError:
         raise _not_a_disk(path, "it is a directory") from None
     except PermissionError as e:
-        raise InvalidInput(f"{path}: cannot read it ({e.strerror})", file=str(path), hint="check its permissions") from None
+        raise InvalidInput(f"cannot read it ({e.strerror})", file=str(path), hint="check its permissions") from None
     if not path.is_file():
         raise _not_a_disk(path, "it is not a regular file")
     if st.st_size == 0:
@@ -90,7 +90,7 @@ def detect(path: Path) -> DiskInfo:
         info = _qemu_info(path, "qcow2")
         if info.get("backing-filename"):
             raise InvalidInput(
-                f"{path} is a qcow2 with a backing file ({info['backing-filename']})",
+                f"a qcow2 with a backing file ({info['backing-filename']})",
                 file=str(path), hint="flatten it first: qemu-img convert -O qcow2 IN OUT",
             )
         return DiskInfo("qcow2", "", int(info["virtual-size"]))
@@ -100,7 +100,7 @@ def detect(path: Path) -> DiskInfo:
         if footer is None or not footer.checksum_ok:
             raise _not_a_disk(path, "its VHD header copy has a bad checksum")
         if footer.disk_type == vhd.DISK_DIFFERENCING:
-            raise InvalidInput(f"{path} is a differencing VHD", file=str(path),
+            raise InvalidInput("a differencing VHD (it needs its parent)", file=str(path),
                                hint="merge it into its parent first (qemu-img convert -O vpc)")
         if footer.disk_type != vhd.DISK_DYNAMIC:
             raise _not_a_disk(path, f"unknown VHD disk type {footer.disk_type}")
@@ -121,7 +121,7 @@ def detect(path: Path) -> DiskInfo:
     for offset, magic, name in _OTHER_MAGIC:
         if head[offset:offset + len(magic)] == magic:
             raise InvalidInput(
-                f"{path} is a {name} image, which kiln does not import",
+                f"a {name} image, which kiln does not import",
                 file=str(path), hint=f"convert it first: qemu-img convert -O qcow2 {path} OUT.qcow2",
             )
 

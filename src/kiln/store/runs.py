@@ -54,6 +54,10 @@ class RunOutput:
     def id(self) -> ResourceId:
         return self.template_id.child("runOutputs", self.name)
 
+    @property
+    def run_output_name(self) -> str:
+        return self.name
+
     def to_json(self) -> dict[str, Any]:
         props: dict[str, Any] = {"artifactId": self.artifact_id or None, "artifactUri": self.artifact_uri or None,
                                  "provisioningState": self.provisioning_state}
