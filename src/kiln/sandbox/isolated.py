@@ -111,11 +111,14 @@ class IsolatedRoot:
         self.monitor = monitor or NullMonitor()
         self.hostname = hostname or _read_hostname(self.root)
         self._saved_policy: bytes | None = None
-        self._open = False
+        self._depth = 0  # re-entrant: only the outermost `with` puts policy-rc.d in and takes it out
 
     # -------------------------------------------------------------- policy-rc.d lifetime
 
     def __enter__(self) -> IsolatedRoot:
+        self._depth += 1
+        if self._depth > 1:
+            return self
         _check_mount_points(self.root)
         policy = self.root / POLICY_RC_D
         if policy.is_file() and not policy.is_symlink() and POLICY_MARK not in policy.read_text(errors="replace"):
@@ -125,11 +128,12 @@ class IsolatedRoot:
                 policy.unlink()
             policy.write_text(f"#!/bin/sh\n{POLICY_MARK}\nexit 101\n")
             policy.chmod(0o755)
-        self._open = True
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._open = False
+        self._depth -= 1
+        if self._depth:
+            return
         remove_policy_rc_d(self.root)
         if self._saved_policy is not None:
             policy = self.root / POLICY_RC_D
@@ -166,7 +170,7 @@ class IsolatedRoot:
         whole namespace and raises `SandboxTimeout`. `stage` is a host folder visible read-only at
         /run/kiln inside. `name` labels the log lines (the step's name).
         """
-        if not self._open:
+        if not self._depth:
             raise RuntimeError("IsolatedRoot.run() outside its `with` block")
         argv = [str(a) for a in argv]
         inner_env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb",

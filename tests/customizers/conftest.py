@@ -1,0 +1,61 @@
+"""Fixtures for the customizer tests: the shared Debian 12 root and a local HTTP server.
+
+The HTTP server (http.server on 127.0.0.1, a free port, in a thread) stands in for the web
+servers templates name in scriptUri/sourceUri; it serves a per-test folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sources"))
+from debian_root import CachedRoot, bootstrap_debian12, fresh_copy  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def debian12(tmp_path_factory: pytest.TempPathFactory) -> CachedRoot:
+    return bootstrap_debian12(tmp_path_factory.mktemp("debian12"))
+
+
+@pytest.fixture
+def fresh_root(debian12: CachedRoot, tmp_path: Path) -> Path:
+    return fresh_copy(debian12, tmp_path / "root")
+
+
+@dataclass(frozen=True)
+class WebServer:
+    folder: Path
+    url: str  # ends with /
+
+    def put(self, name: str, content: bytes | str) -> str:
+        data = content.encode() if isinstance(content, str) else content
+        (self.folder / name).write_bytes(data)
+        return self.url + name
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[WebServer]:
+    folder = tmp_path / "www"
+    folder.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield WebServer(folder, f"http://127.0.0.1:{server.server_address[1]}/")
+    finally:
+        server.shutdown()
+        server.server_close()

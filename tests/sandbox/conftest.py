@@ -1,0 +1,21 @@
+"""Fixtures for the sandbox tests: the shared Debian 12 root from tests/sources/debian_root.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sources"))
+from debian_root import CachedRoot, bootstrap_debian12, fresh_copy  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def debian12(tmp_path_factory: pytest.TempPathFactory) -> CachedRoot:
+    return bootstrap_debian12(tmp_path_factory.mktemp("debian12"))
+
+
+@pytest.fixture
+def fresh_root(debian12: CachedRoot, tmp_path: Path) -> Path:
+    return fresh_copy(debian12, tmp_path / "root")
