@@ -67,7 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _sigterm)
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="kiln", standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of a `click.exceptions.Exit`.
+        code = cli.main(args=argv, prog_name="kiln", standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            sys.exit(code)
     except click.exceptions.Abort:
         print("kiln: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -104,13 +104,14 @@ def _load(
     found = forms.split(data, name_hint=name_hint, parameters=parameters, deployment=deployment)
     reported: dict[JsonPath, Problem] = {}
 
+    for f in found.findings:
+        reported.setdefault(f.path, Problem(f.message, render(f.path), file, f.hint))
+
     def report(path: JsonPath, message: str, hint: str) -> None:
         if any(path[:cut] in found.unresolved for cut in range(len(path) + 1)):
             return  # the value is an expression that could not be evaluated: said already
         reported.setdefault(path, Problem(message, render(path), file, hint))
 
-    for f in found.findings:
-        report(f.path, f.message, f.hint)
     templates: list[ImageTemplate] = []
     for raw in found.templates:
         before = len(reported)

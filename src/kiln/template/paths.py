@@ -10,7 +10,7 @@ import re
 
 JsonPath = tuple[str | int, ...]
 
-_PLAIN = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$-]*$")
+_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # as jq writes them; others are quoted
 
 
 def render(path: JsonPath) -> str:

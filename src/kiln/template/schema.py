@@ -80,13 +80,6 @@ def _description(subschema: Any) -> str:
     return ""
 
 
-def _resolve(subschema: dict[str, Any]) -> dict[str, Any]:
-    ref = subschema.get("$ref", "")
-    if ref.startswith("#/$defs/"):
-        return _resolve(schema()["$defs"][ref.removeprefix("#/$defs/")])
-    return subschema
-
-
 def _findings(error: jsonschema.ValidationError) -> list[Finding]:
     path: JsonPath = tuple(error.absolute_path)
     kind, value, sub = error.validator, error.instance, error.schema
@@ -105,24 +98,29 @@ def _findings(error: jsonschema.ValidationError) -> list[Finding]:
     if kind == "required" and isinstance(value, dict):
         props = sub.get("properties", {})
         return [
-            Finding((*path, name), f"required property {name!r} is missing", _description(props.get(name)))
+            Finding((*path, name), f"required property {name!r} is missing",
+                    _description(props.get(name)) or f"add {name!r}")
             for name in error.validator_value
             if name not in value
         ]
     if kind == "type":
         want = error.validator_value
         want_text = " or ".join(want) if isinstance(want, list) else str(want)
-        return [Finding(path, f"expected {want_text}, got {_json_type(value)} {_show(value)}", _description(sub))]
+        return [Finding(path, f"expected {want_text}, got {_json_type(value)} {_show(value)}",
+                        _description(sub) or f"write a JSON {want_text} here")]
     if kind in ("enum", "const"):
         allowed = error.validator_value if kind == "enum" else [error.validator_value]
         choices = [a for a in allowed if isinstance(a, str)]
         hint = _close(value, choices) or f"one of: {', '.join(map(str, allowed))}"
         return [Finding(path, f"{_show(value)} is not allowed here", hint)]
     if kind == "pattern":
-        return [Finding(path, f"{_show(value)} does not match {error.validator_value}", _description(sub))]
+        return [Finding(path, f"{_show(value)} does not match {error.validator_value}",
+                        _description(sub) or f"match the pattern {error.validator_value}")]
     if kind in ("minimum", "maximum"):
         word = "less than the minimum" if kind == "minimum" else "more than the maximum"
-        return [Finding(path, f"{_show(value)} is {word} {error.validator_value}", _description(_resolve(sub)))]
+        bound = f"use a value of at {'least' if kind == 'minimum' else 'most'} {error.validator_value}"
+        return [Finding(path, f"{_show(value)} is {word} {error.validator_value}",
+                        f"{_description(sub)}; {bound}" if _description(sub) else bound)]
     if kind == "minLength":
         return [Finding(path, "must not be empty", _description(sub))]
     return [Finding(path, error.message, _description(sub))]
@@ -133,4 +131,7 @@ def validate(data: Any) -> list[Finding]:
     found: list[Finding] = []
     for error in _validator().iter_errors(data):
         found.extend(_findings(error))
-    return found
+    # `imageVersionID` given for `imageVersionId`: one problem (the misspelling), not two.
+    misspelled = {(f.path[:-1], str(f.path[-1]).lower()) for f in found if f.unknown_property}
+    return [f for f in found
+            if not (f.message.startswith("required property") and (f.path[:-1], str(f.path[-1]).lower()) in misspelled)]
