@@ -305,12 +305,22 @@ def register_gallery(cli: click.Group) -> None:
             targets = [RegionTarget(store.regions.get(r).name) for r in regions]
             if not targets:
                 targets = [RegionTarget(store.galleries.get(d.id.parent()).location)]
+            existing = next((v for v in store.galleries.list_versions(d.id) if v.version == ".".join(
+                str(n) for n in parse_version(rid.name))), None)
+            if disk is not None:
+                from kiln.disk import formats
+                from kiln.store.blobs import content_digest
+
+                info = formats.detect(disk)
+                if existing is not None and content_digest(disk, info) != existing.digest:
+                    raise InvalidInput(f"version {existing.id} already exists with another disk",
+                                       hint="a version cannot be overwritten: delete it or publish another version number")
+            elif existing is not None and store.images.get(image_id).digest != existing.digest:
+                raise InvalidInput(f"version {existing.id} already exists with another disk",
+                                   hint="a version cannot be overwritten: delete it or publish another version number")
             holder = new_holder("version")
             try:
                 if disk is not None:
-                    from kiln.disk import formats
-
-                    formats.detect(disk)
                     blob = store.blobs.ingest(disk, holder=holder, monitor=_monitor(app))
                     source = ""
                 else:

@@ -214,6 +214,14 @@ class BlobStore:
         self.verify_file(blob.path, blob.digest, blob.virtual_size)
 
 
+def content_digest(path: Path, info: formats.DiskInfo) -> str | None:
+    """The digest the disk at `path` would be stored under, computed without storing anything (raw
+    and MiB-aligned fixed VHD); None for formats that would need a conversion first."""
+    if info.format == "raw" or (info.subformat == "fixed" and info.data_size % vhd.MIB == 0):
+        return disk_digest(path, vhd.round_up_mib(info.data_size))
+    return None
+
+
 def _same_fs(a: Path, b: Path) -> bool:
     try:
         return a.stat().st_dev == b.stat().st_dev

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from kiln import ids
-from kiln.disk import formats, vhd
+from kiln.disk import formats
 from kiln.errors import InvalidInput, NotFound
 from kiln.events import Monitor, NullMonitor
 from kiln.ids import ResourceId
-from kiln.store.blobs import Blob, BlobStore, DiskRef
+from kiln.store.blobs import Blob, BlobStore, DiskRef, content_digest
 from kiln.store.common import HYPER_V_GENERATIONS, OS_STATES, OS_TYPES, choice, dumps, new_holder
 from kiln.store.db import Catalog, now
-from kiln.store.digest import disk_digest
 from kiln.store.regions import Regions
 
 
@@ -129,7 +128,7 @@ class Images:
         info = formats.detect(path)
         existing = self.find(rid)
         if existing is not None and not replace:
-            if _same_content(path, info, existing.digest):
+            if content_digest(path, info) == existing.digest:
                 monitor.log(f"{rid} already holds this disk")
                 return existing
             raise InvalidInput(f"image {rid} already exists with a different disk",
@@ -175,10 +174,3 @@ class Images:
             )
         return self.get(image_id)
 
-
-def _same_content(path: Path, info: formats.DiskInfo, digest: str) -> bool:
-    """Whether the disk at `path` is the blob `digest`, without storing anything (raw and fixed VHD;
-    other formats would need a conversion, so they count as different)."""
-    if info.format == "raw" or (info.subformat == "fixed" and info.data_size % vhd.MIB == 0):
-        return disk_digest(path, vhd.round_up_mib(info.data_size)) == digest
-    return False
