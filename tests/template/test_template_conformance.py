@@ -69,6 +69,9 @@ def test_arm_deployment_expressions_are_resolved() -> None:
     assert t.distribute[0].image_id.endswith("/providers/Microsoft.Compute/images/aibImage")
     assert t.distribute[0].run_output_name == "aibImage"
     assert t.customize[1].inline[0] == "app_Packages=jq"
+    # The sample misspells artifactTags as "aritfactTags"; apiVersion 2019-05-01-preview ignored unknown
+    # properties, so kiln does too for that version (2024-02-01 and later reject them).
+    assert t.distribute[0].artifact_tags == {}
 
 
 CREATE_EXAMPLES = sorted(SPEC_EXAMPLES.glob("Create*Template*.json"))
