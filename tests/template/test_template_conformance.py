@@ -147,3 +147,30 @@ def test_update_bodies_applied_to_a_template_validate(name: str) -> None:
         assert t.identity.type == "None" and not t.identity.user_assigned_identities
     if "properties" in patch:
         assert t.vm_profile.os_disk_size_gb == 127
+
+
+def test_preview_api_spellings() -> None:
+    # 2019-05-01-preview: the ISO source (written sourceURI in its samples), valid_exit_codes, names in any case.
+    data = {
+        "type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2019-05-01-preview",
+        "location": "West US 2",
+        "properties": {
+            "source": {"type": "iso", "sourceURI": "https://example.com/rhel-7.5.iso", "sha256Checksum": "ab" * 32},
+            "customize": [{"type": "PowerShell", "inline": ["echo"], "valid_exit_codes": [0, 5]}],
+            "Distribute": [{"type": "vhd", "runOutputName": "rhel"}],
+        },
+    }
+    (t,) = load_template_data(data)
+    assert t.source.type == "ISO" and t.source.source_uri.endswith("rhel-7.5.iso")
+    assert t.customize[0].valid_exit_codes == (0, 5)
+    assert t.distribute[0].type == "VHD"
+    assert load_template_data(dump_template(t)) == (t,)
+    data["properties"]["source"]["sha256Checksum"] = "nope"
+    with pytest.raises(ValidationFailed) as caught:
+        load_template_data(data)
+    # The path names the key as written.
+    assert [p.path for p in caught.value.problems] == [".properties.source.sha256Checksum"]
+    data["properties"]["Distribute"][0]["runOutputName"] = "bad name"
+    with pytest.raises(ValidationFailed) as caught:
+        load_template_data(data)
+    assert ".properties.Distribute[0].runOutputName" in [p.path for p in caught.value.problems]

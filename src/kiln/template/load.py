@@ -55,7 +55,7 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as e:
-        raise ValidationFailed([Problem(f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}",
+        raise ValidationFailed([Problem(f"not valid JSON: {e.msg}",
                                         f"line {e.lineno}, column {e.colno}", file,
                                         "check for a missing comma, quote or bracket near there")]) from e
     except RecursionError as e:
