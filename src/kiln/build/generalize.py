@@ -28,7 +28,7 @@ import os
 import shutil
 from pathlib import Path
 
-from kiln.customizers.base import CustomizerFailed, StepInfo
+from kiln.errors import BuildFailed
 from kiln.events import Monitor
 from kiln.sandbox.isolated import IsolatedRoot, remove_policy_rc_d, resolve_in_root
 
@@ -68,8 +68,12 @@ def generalize(root: Path, monitor: Monitor, *, timeout: float | None = None) ->
         with IsolatedRoot(root, monitor) as sandbox:
             done = sandbox.run(["/bin/sh", DEPROVISIONING_SCRIPT], timeout=timeout, name="generalize")
         if not done.ok:
-            info = StepInfo(0, "DeprovisioningScript.sh", "Deprovision", where="generalize")
-            raise CustomizerFailed(info, DEPROVISIONING_SCRIPT, returncode=done.returncode, tail=done.tail)
+            tail = "\n".join(done.tail.strip().splitlines()[-20:])
+            raise BuildFailed(
+                f"generalize: {DEPROVISIONING_SCRIPT} (written by a customizer) failed with exit code "
+                f"{done.returncode}" + (f"\n{tail}" if tail else ""),
+                hint="fix the script, or don't write it to use kiln's own deprovisioning",
+            )
         remove_policy_rc_d(root)
         return
     remove_policy_rc_d(root)
