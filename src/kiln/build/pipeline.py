@@ -48,10 +48,11 @@ def build(
     config: Config,
     store,
     monitor: Monitor,
-    options: BuildOptions = BuildOptions(),
+    options: BuildOptions | None = None,
     template_id: ResourceId | None = None,
 ) -> BuildContext:
     """Run one template end to end. Returns the finished context (state, outputs) or raises."""
+    options = options or BuildOptions()
     template_id = template_id or template_resource_id(template)
     recorder = RunRecorder.start(store, template, template_id, config)
     log = LogFile(recorder.log_path)
@@ -179,7 +180,7 @@ def assemble_disk(ctx: BuildContext) -> None:
 
     assert ctx.root is not None
     size_gb = ctx.template.vm_profile.os_disk_size_gb
-    ctx.monitor.step("assemble", f"GPT/UEFI disk, {'%d GiB' % size_gb if size_gb else 'content + headroom'}")
+    ctx.monitor.step("assemble", f"GPT/UEFI disk, {f'{size_gb} GiB' if size_gb else 'content + headroom'}")
     prepare_boot(ctx.root)
     ctx.disk = ctx.work / "disk.raw"
     layout = assemble(ctx.root, ctx.disk, size_bytes=size_gb * 1024**3 if size_gb else None, monitor=ctx.monitor)

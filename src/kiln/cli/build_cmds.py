@@ -11,17 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kiln.cli import App, pass_app
-from kiln.errors import InvalidInput
-
-
-def parse_parameters(values: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for v in values:
-        if "=" not in v:
-            raise InvalidInput(f"--parameters {v!r} is not NAME=VALUE", hint="e.g. --parameters imageTemplateName=web")
-        k, val = v.split("=", 1)
-        out[k.strip()] = val
-    return out
+from kiln.cli.validate_cmds import parse_parameters
 
 
 def make_monitor(app: App):
@@ -32,7 +22,7 @@ def make_monitor(app: App):
 
 @click.command("build")
 @click.argument("template", type=click.Path(path_type=Path))
-@click.option("--parameters", "-p", multiple=True, help="ARM parameter value NAME=VALUE (repeatable).")
+@click.option("--parameters", "-p", multiple=True, help="ARM parameter NAME=VALUE or @params.json (repeatable).")
 @click.option("--no-validate", is_flag=True, help="Skip the boot test (quick iteration; the image is marked unverified).")
 @click.option("--boot-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for the guest to boot.")
 @click.option("--keep-work", is_flag=True, help="Keep the run's work directory, even on success.")
