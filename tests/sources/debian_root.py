@@ -42,7 +42,7 @@ def missing_tools() -> str:
     return ""
 
 
-def test_config() -> Config:
+def shared_test_config() -> Config:
     home = TEST_CACHE / "kiln-home"
     home.mkdir(parents=True, exist_ok=True)
     return load_config(home)
@@ -51,7 +51,7 @@ def test_config() -> Config:
 def bootstrap_debian12(dest_parent: Path) -> CachedRoot:
     if why := missing_tools():
         pytest.skip(why)
-    config = test_config()
+    config = shared_test_config()
     if not config.debian_mirror:
         pytest.skip("the host has no Debian mirror in its apt sources")
     tree = platform_root(DEBIAN12, config=config, dest=dest_parent / "root", monitor=NullMonitor())

@@ -19,7 +19,7 @@ import requests
 from kiln.errors import InvalidInput
 
 CONNECT_TIMEOUT_S = 5.0
-READ_TIMEOUT_S = 15.0
+READ_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
