@@ -121,7 +121,7 @@ class Fetcher:
 
 def _checksum_path(what: str) -> str:
     """`.properties.customize[1].scriptUri` → `.properties.customize[1].sha256Checksum`."""
-    if what.endswith(("scriptUri", "sourceUri")):
+    if what.lower().endswith(("scripturi", "sourceuri")):
         return what.rsplit(".", 1)[0] + ".sha256Checksum"
     return what
 

@@ -61,6 +61,9 @@ def find_squashfs(iso: Path) -> str | None:
     except Exception as e:  # xorriso refuses files that are not ISO 9660 images
         raise InvalidInput(f"{iso.name} is not a readable ISO image", path=".properties.source.sourceURI",
                            hint="point sourceURI at a live ISO") from e
+    if "is blank" in out or "0 sessions" in out:  # xorriso sees no ISO 9660 session in the file
+        raise InvalidInput(f"{iso.name} is not a readable ISO image", path=".properties.source.sourceURI",
+                           hint="point sourceURI at a live ISO")
     found: dict[str, int] = {}
     for line in out.splitlines():
         # lsdl lines look like ls -l: mode links owner group size date... 'path'
