@@ -61,7 +61,7 @@ def find_squashfs(iso: Path) -> str | None:
     except Exception as e:  # xorriso refuses files that are not ISO 9660 images
         raise InvalidInput(f"{iso.name} is not a readable ISO image", path=".properties.source.sourceURI",
                            hint="point sourceURI at a live ISO") from e
-    if "is blank" in out or "0 sessions" in out:  # xorriso sees no ISO 9660 session in the file
+    if "is blank" in out or "No ISO 9660 image" in out:  # xorriso found no ISO 9660 file system
         raise InvalidInput(f"{iso.name} is not a readable ISO image", path=".properties.source.sourceURI",
                            hint="point sourceURI at a live ISO")
     found: dict[str, int] = {}
