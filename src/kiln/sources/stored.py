@@ -25,5 +25,5 @@ def stored_root(source: StoredSource, *, disk_for: DiskFor, dest: Path, monitor:
     disk, fmt, version = disk_for(source)
     monitor.log(f"root tree from stored disk {disk} ({fmt})", name="source")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    extract_root(Path(disk), fmt, dest)
+    extract_root(Path(disk), fmt, dest, monitor=monitor)
     return RootTree(path=dest, os_release=read_os_release(dest), exact_version=version, cache_key=None)
