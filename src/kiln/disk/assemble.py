@@ -355,8 +355,9 @@ def _write_esp(out: Path, esp: Partition, boot: BootConfig, kernel: Path, initrd
 
 
 def _write_root(out: Path, rootp: Partition, root: Path, inodes: int) -> None:
-    cmd = ["mkfs.ext4", "-q", "-F", "-t", "ext4", "-L", "root", "-U", rootp.fs_uuid, "-d", root,
-           "-E", f"offset={rootp.offset}"]
+    # ^orphan_file: newer e2fsprogs enable it by default, and Debian 11's kernel and e2fsck refuse it.
+    cmd = ["mkfs.ext4", "-q", "-F", "-t", "ext4", "-O", "^orphan_file", "-L", "root", "-U", rootp.fs_uuid,
+           "-d", root, "-E", f"offset={rootp.offset}"]
     # mkfs's default of one inode per 16 KiB is too few for a small disk full of small files.
     if inodes * 2 > rootp.size // 16384:
         cmd += ["-N", str(inodes * 2 + 16384)]

@@ -36,13 +36,15 @@ for script in "$work"/scripts/*; do
     [ -f "$script" ] || continue
     idx=${script##*/}
     say "KILN-BEGIN $nonce $idx"
-    chmod 0700 "$script"
+    # /run is mounted noexec (initramfs-tools does so): start the interpreter ourselves, taking it
+    # from the #! line as the kernel would, else bash.
+    first=$(head -n 1 "$script" | tr -d '\r')
+    case "$first" in
+        '#!'*) set -- ${first#??} ;;
+        *) set -- "$shell" ;;
+    esac
     # Output goes to a file, not the tty: a script that sees a terminal may start a pager and hang.
-    if [ "$(head -c 2 "$script")" = "#!" ]; then
-        (cd /root 2>/dev/null || cd /; exec "$script") >"$work/out" 2>&1 </dev/null
-    else
-        (cd /root 2>/dev/null || cd /; exec "$shell" "$script") >"$work/out" 2>&1 </dev/null
-    fi
+    (cd /root 2>/dev/null || cd /; exec "$@" "$script") >"$work/out" 2>&1 </dev/null
     rc=$?
     tail -c 65536 "$work/out" >"$console"
     # The end marker must start a line of its own, whether or not the output ended with a newline.
