@@ -45,3 +45,4 @@ class BuildContext:
     boot_report: Any = None
     validation_failed: str | None = None
     outputs: list[Any] = field(default_factory=list)
+    deadline: float | None = None  # time.monotonic() when buildTimeoutInMinutes runs out

@@ -14,6 +14,7 @@ import base64
 import shlex
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +71,7 @@ def build(
     ctx.monitor.begin("build", f"{template.name} (run {ctx.run_id}, log {ctx.log_path})")
     keep_work = options.keep_work
     try:
+        ctx.deadline = time.monotonic() + template.timeout_minutes * 60
         with deadline(template.timeout_minutes * 60):
             ctx.work.mkdir(parents=True, exist_ok=True)
             recorder.sub_state("Building")
@@ -159,7 +161,8 @@ def customize(ctx: BuildContext) -> None:
         return
     assert ctx.root is not None
     ctx.monitor.step("customize", f"{len(steps)} step(s)")
-    run_customizers(steps, IsolatedRoot(ctx.root, monitor=ctx.monitor), config=ctx.config, monitor=ctx.monitor, os_type=ctx.os_type)
+    run_customizers(steps, IsolatedRoot(ctx.root, monitor=ctx.monitor), config=ctx.config, monitor=ctx.monitor,
+                    os_type=ctx.os_type, deadline=ctx.deadline)
     ctx.monitor.result("customize")
 
 
@@ -209,12 +212,13 @@ def validate(ctx: BuildContext) -> None:
         timeout_s=ctx.options.boot_timeout_s,
         monitor=ctx.monitor,
         serial_log=ctx.log_path.with_name("serial.log"),
+        work_dir=ctx.work,
     )
     ctx.boot_report = report
     failed = [r for r in report.results if r.exit_code != 0]
     if not report.ok or failed:
         if not report.marker_seen:
-            why = f"the image did not boot to readiness within {ctx.options.boot_timeout_s:.0f} s"
+            why = report.message or f"the image did not boot to readiness within {ctx.options.boot_timeout_s:.0f} s"
         else:
             why = "; ".join(f"validation {r.name!r} exited {r.exit_code}: {r.output_tail.strip()[-300:]}" for r in failed)
         ctx.validation_failed = why
@@ -240,6 +244,7 @@ def distribute(ctx: BuildContext) -> None:
         source_version=ctx.exact_version,
         boot_tested=ctx.options.validate and ctx.validation_failed is None,
         description=f"built by kiln from template {ctx.template.name}",
+        source_id=describe_source(ctx.template),
     )
     ctx.outputs = publish(
         ctx.store, ctx.template.distribute, artifact, template_id=ctx.template_id, run_id=ctx.run_id, monitor=ctx.monitor
@@ -257,9 +262,9 @@ def outcome(ctx: BuildContext) -> tuple[str, str]:
     if ctx.validation_failed:
         return "Failed", f"validation failed: {ctx.validation_failed}"
     if failed and len(failed) == len(ctx.outputs):
-        return "Failed", "; ".join(f"{o.run_output_name}: {o.error}" for o in failed)
+        return "Failed", "; ".join(f"{o.name}: {o.error}" for o in failed)
     if failed:
-        return "PartiallySucceeded", "; ".join(f"{o.run_output_name}: {o.error}" for o in failed)
+        return "PartiallySucceeded", "; ".join(f"{o.name}: {o.error}" for o in failed)
     return "Succeeded", ""
 
 

@@ -52,11 +52,13 @@ def print_run(run, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     console = Console()
-    console.print(f"run [bold]{data['runId']}[/] of {data['templateId']}: [bold]{data['runState']}[/]"
-                  + (f" — {data['message']}" if data.get("message") else ""))
+    status = data["lastRunStatus"]
+    console.print(f"run [bold]{data['runId']}[/] of {data['templateId']}: [bold]{status['runState']}[/]"
+                  + (f" — {status['message']}" if status.get("message") else ""))
     table = Table("runOutputName", "provisioningState", "artifactId", "artifactUri")
     for o in data.get("runOutputs", []):
-        table.add_row(o["name"], o["provisioningState"], o.get("artifactId") or "", o.get("artifactUri") or "")
+        props = o["properties"]
+        table.add_row(o["name"], props["provisioningState"], props.get("artifactId") or "", props.get("artifactUri") or "")
     console.print(table)
     console.print(f"log: {data.get('logPath', '')}")
 
@@ -78,11 +80,11 @@ def runs_list(app: App, template_id: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([r.to_json() for r in runs], indent=2))
         return
-    table = Table("run", "template", "runState", "runSubState", "started", "seconds")
+    table = Table("run", "template", "runState", "runSubState", "started", "seconds", "log")
     for r in runs:
-        d = r.to_json()
-        table.add_row(d["runId"], d["templateId"].rsplit("/", 1)[-1], d["runState"], d.get("runSubState") or "",
-                      d.get("startTime") or "", f"{d['seconds']:.1f}" if d.get("seconds") is not None else "")
+        seconds = f"{r.end_time - r.start_time:.1f}" if r.end_time else ""
+        status = r.to_json()["lastRunStatus"]
+        table.add_row(r.run_id, r.template_id.name, r.run_state, r.run_sub_state, status["startTime"] or "", seconds, r.log_path)
     Console().print(table)
 
 
