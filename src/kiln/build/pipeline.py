@@ -14,6 +14,7 @@ import base64
 import shlex
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -359,7 +360,12 @@ def release(ctx: BuildContext, keep_work: bool) -> None:
 @contextmanager
 def deadline(seconds: float) -> Iterator[None]:
     """buildTimeoutInMinutes: raise BuildTimeout in the main thread when the time is up.
-    Subprocesses started with run() are killed by subprocess when the exception unwinds them."""
+    Subprocesses started with run() are killed by subprocess when the exception unwinds them.
+    Off the main thread (a factory building in parallel) signals cannot be used; there the
+    customizers' own deadline (ctx.deadline) still bounds the run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
     def expire(signum, frame):
         raise BuildTimeout(
