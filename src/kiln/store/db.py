@@ -117,6 +117,30 @@ MIGRATIONS: list[tuple[str, ...]] = [
             created REAL NOT NULL)""",
         "CREATE INDEX leases_by_digest ON leases (digest)",
     ),
+    # 2: DevTest Labs: labs (in a region) and their custom images (kiln.store.labs).
+    (
+        """CREATE TABLE labs (
+            key TEXT PRIMARY KEY,
+            id TEXT NOT NULL,
+            location TEXT NOT NULL,
+            created REAL NOT NULL)""",
+        """CREATE TABLE lab_custom_images (
+            key TEXT PRIMARY KEY,
+            id TEXT NOT NULL,
+            lab_key TEXT NOT NULL REFERENCES labs(key),
+            name TEXT NOT NULL,
+            os_type TEXT NOT NULL,
+            os_state TEXT NOT NULL,
+            description TEXT NOT NULL DEFAULT '',
+            author TEXT NOT NULL DEFAULT '',
+            image_path TEXT NOT NULL DEFAULT '',
+            digest TEXT NOT NULL REFERENCES blobs(digest),
+            boot_tested INTEGER NOT NULL DEFAULT 0,
+            source TEXT NOT NULL DEFAULT '',
+            tags TEXT NOT NULL DEFAULT '{}',
+            created REAL NOT NULL)""",
+        "CREATE INDEX lab_custom_images_by_lab ON lab_custom_images (lab_key, image_path, created)",
+    ),
 ]
 
 

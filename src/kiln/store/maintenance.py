@@ -50,6 +50,10 @@ def _referenced(store: Store) -> tuple[set[str], set[tuple[str, str]]]:
         digests.add(r["digest"])
         replicas.add((r["location"].lower(), r["digest"]))
 
+    # Lab custom images (kiln.store.labs) need their blob and its replica in the lab's region.
+    for r in db.query("SELECT c.digest, l.location FROM lab_custom_images c JOIN labs l ON l.key = c.lab_key"):
+        digests.add(r["digest"])
+        replicas.add((r["location"].lower(), r["digest"]))
     for r in db.query("SELECT digest, target_regions FROM gallery_image_versions"):
         digests.add(r["digest"])
         for t in json.loads(r["target_regions"]):

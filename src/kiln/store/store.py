@@ -20,6 +20,7 @@ from kiln.store.blobs import BlobStore
 from kiln.store.db import Catalog, open_catalog
 from kiln.store.galleries import Galleries
 from kiln.store.images import Images
+from kiln.store.labs import Labs
 from kiln.store.maintenance import GcReport, check, gc
 from kiln.store.regions import Regions
 from kiln.store.runs import Runs
@@ -34,6 +35,7 @@ class Store:
         self.images = Images(catalog, self.blobs, self.regions)
         self.galleries = Galleries(catalog, self.blobs, self.regions)
         self.runs = Runs(catalog)
+        self.labs = Labs(catalog, self.blobs, self.regions)
 
     @classmethod
     def open(cls, config: Config) -> Store:
