@@ -24,10 +24,12 @@ def _container(region: RegionConfig):  # -> ContainerClient (azure imported lazi
     from azure.core.exceptions import ResourceExistsError
     from azure.storage.blob import BlobServiceClient
 
+    # A few quick retries: an unreachable account should fail in seconds, not after minutes of backoff.
+    opts = {"retry_total": 2, "retry_backoff_factor": 0.2, "connection_timeout": 20}
     if "AccountName=" in region.url or "UseDevelopmentStorage" in region.url:
-        svc = BlobServiceClient.from_connection_string(region.url)
+        svc = BlobServiceClient.from_connection_string(region.url, **opts)
     else:
-        svc = BlobServiceClient(account_url=region.url)
+        svc = BlobServiceClient(account_url=region.url, **opts)
     container = svc.get_container_client(region.container or "kiln")
     try:
         container.create_container()
