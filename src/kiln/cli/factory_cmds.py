@@ -1,7 +1,398 @@
-"""Commands of one part of kiln (filled in by that part)."""
+"""`kiln factory ...` (the DevTest Labs image factory) and `kiln lab ...` (labs and their images).
+
+    kiln factory validate CONFIG_DIR
+    kiln factory build CONFIG_DIR [--max-concurrent-jobs N]
+    kiln factory save
+    kiln factory distribute CONFIG_DIR [--max-concurrent-jobs 20] [--create-labs-in REGION]
+    kiln factory retire CONFIG_DIR --images-to-save N [--dry-run]
+    kiln factory cleanup [--dry-run]
+    kiln factory run CONFIG_DIR                       (all of the above, in order)
+    kiln lab create ID --location R | list | show ID | delete ID [--with-images]
+    kiln lab image list LAB | show ID | delete ID
+
+The factory lab (where golden images are saved) is `--factory-lab ID` or $KILN_FACTORY_LAB,
+created on first use in `--location` (default: the first configured region).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import click
+from rich.console import Console
+from rich.table import Table
+
+from kiln.cli import App, pass_app
+
+_json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def _factory_lab_opt(f):
+    from kiln.factory import DEFAULT_FACTORY_LAB
+
+    f = click.option("--location", default=None, help="Region of the factory lab when it is created (default: the first region).")(f)
+    return click.option("--factory-lab", envvar="KILN_FACTORY_LAB", default=DEFAULT_FACTORY_LAB, show_default=True,
+                        help="The factory lab's id (golden images are saved there).")(f)
+
+
+def _artifact_opt(f):
+    return click.option("--artifact-repo", "artifact_repos", multiple=True, type=click.Path(path_type=Path),
+                        help="A DevTest Labs artifact repository folder (default: CONFIG_DIR/Artifacts). Repeatable.")(f)
+
+
+@contextmanager
+def _store(app: App) -> Iterator[Any]:
+    from kiln.store import Store
+
+    with Store.open(app.config) as store:
+        yield store
+
+
+def _monitor(app: App) -> Any:
+    from kiln.events import JsonMonitor, NullMonitor, TextMonitor
+
+    if app.progress == "json":
+        return JsonMonitor(sys.stderr)
+    return TextMonitor(sys.stderr) if app.progress == "text" else NullMonitor()
+
+
+def _table(columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    table = Table(*columns, box=None, header_style="bold")
+    for row in rows:
+        table.add_row(*[str(c) for c in row])
+    Console(width=max(200, Console().width)).print(table)
+
+
+def _location(app: App, location: str | None) -> str:
+    return location or (app.config.regions[0].name if app.config.regions else "westus2")
+
+
+def _load(app: App, config_dir: Path, artifact_repos: tuple[Path, ...], factory_lab: str, location: str | None):
+    from kiln import ids
+    from kiln.factory import load_factory
+
+    lab = ids.parse(factory_lab, ids.LAB, what="factory lab id")
+    return load_factory(config_dir, app.config, artifact_repos=tuple(p.absolute() for p in artifact_repos),
+                        lab_name=lab.name, location=_location(app, location))
+
+
+def _factory_lab(app: App, store: Any, factory_lab: str, location: str | None) -> Any:
+    from kiln.factory import ensure_lab
+
+    return ensure_lab(store, factory_lab, _location(app, location))
+
+
+# ---------------------------------------------------------------- factory steps (shared by run)
+
+
+def _do_build(app: App, factory: Any, factory_lab: str, location: str | None, jobs: int, no_validate: bool,
+              boot_timeout: float) -> Any:
+    from kiln.build.context import BuildOptions
+    from kiln.factory import build_golden_images
+    from kiln.factory.build import raise_for_failures, refuse_windows
+    from kiln.store import Store
+
+    refuse_windows(factory, factory.golden_images)  # before the factory lab is created: a refusal changes nothing
+    with _store(app) as store:
+        lab = _factory_lab(app, store, factory_lab, location)
+    report = build_golden_images(factory, config=app.config, open_store=lambda: Store.open(app.config), lab=lab,
+                                 monitor=_monitor(app), max_jobs=jobs,
+                                 options=BuildOptions(validate=not no_validate, boot_timeout_s=boot_timeout))
+    for r in report.results:
+        click.echo(f"{'built ' if r.ok else 'FAILED'} {r.image_path}  {r.staging_image or r.error.splitlines()[0]}")
+    raise_for_failures(report)
+
+
+def _do_save(app: App, factory_lab: str, location: str | None) -> None:
+    from kiln.factory import save_images
+
+    with _store(app) as store:
+        saved = save_images(store, _factory_lab(app, store, factory_lab, location), _monitor(app))
+    for s in saved:
+        click.echo(f"saved {s.custom_image}  ({s.image_path}{'' if s.boot_tested else ', NOT boot-tested'})")
+
+
+def _do_distribute(app: App, factory: Any, factory_lab: str, location: str | None, jobs: int, create_in: str | None,
+                   include_unverified: bool, as_json: bool = False) -> None:
+    from kiln.errors import BuildFailed
+    from kiln.factory import distribute_images, target_labs
+    from kiln.store import Store
+
+    with _store(app) as store:
+        lab = _factory_lab(app, store, factory_lab, location)
+        labs = target_labs(store, factory, lab, create_in=create_in)
+        report = distribute_images(lambda: Store.open(app.config), store, factory, lab, labs, monitor=_monitor(app),
+                                   max_jobs=jobs, include_unverified=include_unverified)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(f"{len(report.done)} done, {len(report.skipped)} skipped, {len(report.failed)} failed "
+                   f"(labs × images: {report.total}; at most {report.max_in_flight} job(s) at once)")
+        for label, error in report.failed:
+            click.echo(f"FAILED {label}: {error}")
+    if report.failed:
+        raise BuildFailed(f"{len(report.failed)} of {report.total} lab image(s) could not be published",
+                          hint="rerun kiln factory distribute: what is there already is skipped")
+
+
+def _do_retire(app: App, factory: Any, factory_lab: str, location: str | None, keep: int, dry_run: bool,
+               as_json: bool = False) -> None:
+    from kiln.factory import plan_retirement, retire
+
+    with _store(app) as store:
+        lab = _factory_lab(app, store, factory_lab, location)
+        plan = plan_retirement(store, factory, lab, keep)
+        if as_json:
+            click.echo(json.dumps({"dryRun": dry_run, "retire": [r.to_json() for r in plan]}, indent=2))
+        else:
+            for r in plan:
+                click.echo(f"{'would retire' if dry_run else 'retire'} {r.image.id}  ({r.reason})")
+            if not plan:
+                click.echo("nothing to retire")
+        if not dry_run:
+            retire(store, plan, _monitor(app))
+
+
+def _do_cleanup(app: App, factory_lab: str, dry_run: bool, as_json: bool = False) -> None:
+    from kiln import ids
+    from kiln.factory import cleanup
+
+    with _store(app) as store:
+        lab = store.labs.find(ids.parse(factory_lab, ids.LAB, what="factory lab id"))
+        report = cleanup(store, lab, _monitor(app), dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps({"dryRun": dry_run, **report.to_json()}, indent=2))
+        return
+    verb = "would remove" if dry_run else "removed"
+    for w in report.work_dirs:
+        click.echo(f"{verb} work dir {w}")
+    for i in report.staging_images:
+        click.echo(f"{verb} failed build {i}")
+    for k in report.kept:
+        click.echo(f"kept {k} (marked to keep)")
+    click.echo(f"{report.bytes_freed / (1 << 20):.1f} MiB freed" if not dry_run else "dry run: nothing removed")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def register_factory(cli: click.Group) -> None:
+    @cli.group("factory")
+    def factory() -> None:
+        """The DevTest Labs image factory: golden images built, saved, distributed to labs, retired."""
+
+    config_arg = click.argument("config_dir", type=click.Path(path_type=Path))
+    jobs_opt = click.option("--max-concurrent-jobs", "jobs", type=click.IntRange(min=1), default=None,
+                            help="How many jobs at once.")
+
+    @factory.command("validate")
+    @config_arg
+    @_artifact_opt
+    @_factory_lab_opt
+    @_json_opt
+    @pass_app
+    def validate(app: App, config_dir: Path, artifact_repos, factory_lab, location, as_json: bool) -> None:
+        """Check CONFIG_DIR (golden images, artifacts, Labs.json): every problem at once, exit 2."""
+        from kiln.errors import ValidationFailed
+
+        try:
+            f = _load(app, config_dir, artifact_repos, factory_lab, location)
+        except ValidationFailed as e:
+            if as_json:
+                click.echo(json.dumps({"valid": False, "problems": [p.to_json() for p in e.problems]}, indent=2))
+                raise click.exceptions.Exit(2) from e
+            raise
+        if as_json:
+            click.echo(json.dumps({"valid": True, "goldenImages": [
+                {"imagePath": g.image_path, "form": g.form, "osType": g.os_type, "description": g.description,
+                 "steps": len(g.template.customize)} for g in f.golden_images],
+                "labs": [{"id": str(s.id), "imagePaths": list(s.image_paths)} for s in f.labs]}, indent=2))
+            return
+        click.echo(f"{config_dir}: {len(f.golden_images)} golden image(s), {len(f.labs)} lab(s): valid")
+        for g in f.golden_images:
+            click.echo(f"  {g.image_path}  [{g.form}, {g.os_type}, {len(g.template.customize)} step(s)]  {g.description}")
+
+    @factory.command("build")
+    @config_arg
+    @jobs_opt
+    @click.option("--no-validate", is_flag=True, help="Skip boot tests (images are saved as not boot-tested).")
+    @click.option("--boot-timeout", type=float, default=300.0, show_default=True)
+    @_artifact_opt
+    @_factory_lab_opt
+    @pass_app
+    def build(app: App, config_dir: Path, jobs, no_validate, boot_timeout, artifact_repos, factory_lab, location) -> None:
+        """Build every golden image (default one at a time), tagged with its ImagePath."""
+        f = _load(app, config_dir, artifact_repos, factory_lab, location)
+        _do_build(app, f, factory_lab, location, jobs or 1, no_validate, boot_timeout)
+
+    @factory.command("save")
+    @_factory_lab_opt
+    @pass_app
+    def save(app: App, factory_lab, location) -> None:
+        """Save built images into the factory lab as custom images (factory naming, no byte copied)."""
+        _do_save(app, factory_lab, location)
+
+    @factory.command("distribute")
+    @config_arg
+    @jobs_opt
+    @click.option("--create-labs-in", default=None, metavar="REGION", help="Create labs Labs.json lists but the catalog lacks.")
+    @click.option("--include-unverified", is_flag=True, help="Also distribute images that were not boot-tested.")
+    @_artifact_opt
+    @_factory_lab_opt
+    @_json_opt
+    @pass_app
+    def distribute(app: App, config_dir: Path, jobs, create_labs_in, include_unverified, artifact_repos, factory_lab,
+                   location, as_json) -> None:
+        """Publish each factory image into every lab whose ImagePaths select it (skips what labs have)."""
+        f = _load(app, config_dir, artifact_repos, factory_lab, location)
+        _do_distribute(app, f, factory_lab, location, jobs or 20, create_labs_in, include_unverified, as_json)
+
+    @factory.command("retire")
+    @config_arg
+    @click.option("--images-to-save", type=int, required=True, help="Boot-tested images to keep per lab and ImagePath.")
+    @click.option("--dry-run", is_flag=True, help="Print exactly what would be retired; change nothing.")
+    @_artifact_opt
+    @_factory_lab_opt
+    @_json_opt
+    @pass_app
+    def retire_cmd(app: App, config_dir: Path, images_to_save, dry_run, artifact_repos, factory_lab, location, as_json) -> None:
+        """Keep the newest N boot-tested images per ImagePath; retire the rest and orphans."""
+        f = _load(app, config_dir, artifact_repos, factory_lab, location)
+        _do_retire(app, f, factory_lab, location, images_to_save, dry_run, as_json)
+
+    @factory.command("cleanup")
+    @click.option("--dry-run", is_flag=True, help="Print what would be removed; change nothing.")
+    @_factory_lab_opt
+    @_json_opt
+    @pass_app
+    def cleanup_cmd(app: App, dry_run, factory_lab, location, as_json) -> None:
+        """Remove leftover build work (dead runs' work dirs, failed builds), skipping what is marked to keep."""
+        _do_cleanup(app, factory_lab, dry_run, as_json)
+
+    @factory.command("run")
+    @config_arg
+    @click.option("--max-concurrent-jobs", "jobs", type=click.IntRange(min=1), default=20, show_default=True,
+                  help="Distribution jobs at once.")
+    @click.option("--max-concurrent-builds", "builds", type=click.IntRange(min=1), default=1, show_default=True)
+    @click.option("--images-to-save", type=int, default=2, show_default=True)
+    @click.option("--create-labs-in", default=None, metavar="REGION")
+    @click.option("--no-validate", is_flag=True)
+    @click.option("--boot-timeout", type=float, default=300.0, show_default=True)
+    @_artifact_opt
+    @_factory_lab_opt
+    @pass_app
+    def run(app: App, config_dir: Path, jobs, builds, images_to_save, create_labs_in, no_validate, boot_timeout,
+            artifact_repos, factory_lab, location) -> None:
+        """validate, build, save, distribute, retire, cleanup — in order."""
+        f = _load(app, config_dir, artifact_repos, factory_lab, location)
+        with _store(app) as store:
+            # Check the labs before the long builds, so a missing lab fails in a second.
+            from kiln.factory import target_labs
+
+            target_labs(store, f, _factory_lab(app, store, factory_lab, location), create_in=create_labs_in)
+        _do_build(app, f, factory_lab, location, builds, no_validate, boot_timeout)
+        _do_save(app, factory_lab, location)
+        _do_distribute(app, f, factory_lab, location, jobs, create_labs_in, False)
+        _do_retire(app, f, factory_lab, location, images_to_save, False)
+        _do_cleanup(app, factory_lab, False)
+
+
+def register_lab(cli: click.Group) -> None:
+    @cli.group("lab")
+    def lab() -> None:
+        """DevTest Labs labs (in a region) and their custom images."""
+
+    @lab.command("create")
+    @click.argument("lab_id")
+    @click.option("--location", default=None, help="Region (default: the first configured region).")
+    @_json_opt
+    @pass_app
+    def create(app: App, lab_id: str, location: str | None, as_json: bool) -> None:
+        """Create the lab LAB_ID (.../Microsoft.DevTestLab/labs/NAME)."""
+        with _store(app) as store:
+            found = store.labs.create(lab_id, _location(app, location))
+        click.echo(json.dumps(found.to_json(0), indent=2) if as_json else f"created {found.id} in {found.location}")
+
+    @lab.command("list")
+    @_json_opt
+    @pass_app
+    def list_(app: App, as_json: bool) -> None:
+        """List labs."""
+        with _store(app) as store:
+            labs = [(lab, len(store.labs.images(lab.id))) for lab in store.labs.list()]
+        if as_json:
+            click.echo(json.dumps([lab.to_json(n) for lab, n in labs], indent=2))
+            return
+        _table(("ID", "LOCATION", "IMAGES"), [(str(lab.id), lab.location, n) for lab, n in labs])
+
+    @lab.command("show")
+    @click.argument("lab_id")
+    @_json_opt
+    @pass_app
+    def show(app: App, lab_id: str, as_json: bool) -> None:
+        """Show one lab."""
+        with _store(app) as store:
+            found = store.labs.get(lab_id)
+            count = len(store.labs.images(found.id))
+        data = found.to_json(count)
+        if as_json:
+            click.echo(json.dumps(data, indent=2))
+            return
+        _table(("FIELD", "VALUE"), [("id", found.id), ("location", found.location), ("custom images", count),
+                                    ("created", data["properties"]["createdDate"])])
+
+    @lab.command("delete")
+    @click.argument("lab_id")
+    @click.option("--with-images", is_flag=True, help="Also delete the lab's custom images.")
+    @pass_app
+    def delete(app: App, lab_id: str, with_images: bool) -> None:
+        """Delete a lab (refused while it has custom images, unless --with-images)."""
+        with _store(app) as store:
+            found = store.labs.delete(lab_id, with_images=with_images)
+        click.echo(f"deleted {found.id}")
+
+    @lab.group("image")
+    def image() -> None:
+        """A lab's custom images."""
+
+    @image.command("list")
+    @click.argument("lab_id")
+    @_json_opt
+    @pass_app
+    def image_list(app: App, lab_id: str, as_json: bool) -> None:
+        """List the custom images of LAB_ID, oldest first."""
+        with _store(app) as store:
+            images = store.labs.images(lab_id)
+        if as_json:
+            click.echo(json.dumps([i.to_json() for i in images], indent=2))
+            return
+        _table(("NAME", "IMAGE PATH", "OS", "STATE", "BOOT-TESTED", "CREATED", "DIGEST"),
+               [(i.name, i.image_path, i.os_type, i.os_state_detail, "yes" if i.boot_tested else "no",
+                 i.to_json()["properties"]["creationDate"], i.digest[:16]) for i in images])
+
+    @image.command("show")
+    @click.argument("image_id")
+    @pass_app
+    def image_show(app: App, image_id: str) -> None:
+        """Show one custom image as JSON."""
+        with _store(app) as store:
+            click.echo(json.dumps(store.labs.get_image(image_id).to_json(), indent=2))
+
+    @image.command("delete")
+    @click.argument("image_id")
+    @pass_app
+    def image_delete(app: App, image_id: str) -> None:
+        """Delete one custom image (its bytes go with the next kiln gc if nothing else uses them)."""
+        with _store(app) as store:
+            found = store.labs.delete_image(image_id)
+        click.echo(f"deleted {found.id}")
 
 
 def register(cli: click.Group) -> None:
-    pass
+    register_factory(cli)
+    register_lab(cli)

@@ -18,7 +18,6 @@ deletes anything.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal

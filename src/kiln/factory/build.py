@@ -1,0 +1,177 @@
+"""Building golden images and saving them into the factory lab.
+
+`build_golden_images` runs every golden image through the build pipeline (the same one
+`kiln build` uses), up to N at once. Where a golden image says to distribute is not the factory's
+concern: each build publishes one managed image in the factory lab's resource group (its
+*staging image*), tagged with the golden image's ImagePath, description and osState, and
+boot-tested like every kiln build. Windows golden images are refused before anything starts.
+
+Parallel builds run in threads. Each thread opens its own Store (a catalog connection is not shared
+between threads) and waits for its own QEMU boot test, as QEMU is tied to the thread that starts it.
+Off the main thread the pipeline cannot use its SIGALRM build timeout; the customizers' deadline
+still bounds each build. With one job (the default) builds run on the main thread.
+
+`save_images` turns staging images into the factory lab's custom images, named by the factory's
+convention (kiln.factory.names). The bytes are the staging image's blob: nothing is copied. The
+custom image records the staging image it came from, so a save killed between publishing and
+removing the staging image is finished by saving again, without a duplicate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from kiln import ids
+from kiln.config import Config
+from kiln.errors import BuildFailed, KilnError, Problem, ValidationFailed
+from kiln.events import Monitor
+from kiln.factory.config import Factory, GoldenImage
+from kiln.factory.names import dated_name, unique_name
+from kiln.ids import ResourceId
+from kiln.store.labs import Lab
+from kiln.template.model import ManagedImageTarget
+
+STAGING_TAG = "kilnFactory"  # tag on staging images: value "golden"
+IMAGE_PATH_TAG = "ImagePath"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image_path: str
+    ok: bool
+    run_id: str = ""
+    staging_image: str = ""
+    error: str = ""
+
+
+@dataclass
+class BuildReport:
+    results: list[BuildResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[BuildResult]:
+        return [r for r in self.results if not r.ok]
+
+
+def refuse_windows(factory: Factory, selected: tuple[GoldenImage, ...]) -> None:
+    problems = [Problem("Windows images cannot be built here: no Windows installation media is reachable on this host",
+                        "", str(g.file), "kiln factory validate still checks Windows golden images; build Linux ones here")
+                for g in selected if g.os_type == "Windows"]
+    if problems:
+        raise ValidationFailed(problems)
+
+
+def staging_id(lab: Lab, golden: GoldenImage, stamp: str) -> ResourceId:
+    return ResourceId(lab.id.subscription, lab.id.resource_group, "Microsoft.Compute", ("images",),
+                      (f"{golden.template.name}-{stamp}"[:80],))
+
+
+def factory_template(golden: GoldenImage, lab: Lab, image_id: ResourceId):
+    tags = {IMAGE_PATH_TAG: golden.image_path, STAGING_TAG: "golden", "description": golden.description,
+            "osState": golden.os_state}
+    target = ManagedImageTarget(run_output_name="factory", image_id=str(image_id), location=lab.location, artifact_tags=tags)
+    return dataclasses.replace(golden.template, distribute=(target,), location=lab.location)
+
+
+def build_golden_images(factory: Factory, *, config: Config, open_store: Callable[[], object], lab: Lab,
+                        monitor: Monitor, max_jobs: int = 1, options=None,
+                        only: tuple[str, ...] = ()) -> BuildReport:
+    """Build every golden image (or those whose ImagePath is in `only`) into a staging image."""
+    from kiln.build.pipeline import build
+
+    selected = tuple(g for g in factory.golden_images if not only or g.image_path in only)
+    refuse_windows(factory, selected)
+    report = BuildReport()
+    lock = threading.Lock()
+    stamp = time.strftime("%Y%m%d%H%M%S")
+    monitor.begin("factory build", f"{len(selected)} golden image(s), {max_jobs} at a time")
+
+    def one(golden: GoldenImage) -> None:
+        image_id = staging_id(lab, golden, stamp)
+        store = open_store()
+        try:
+            ctx = build(factory_template(golden, lab, image_id), config=config, store=store, monitor=monitor, options=options)
+            result = BuildResult(golden.image_path, True, ctx.run_id, str(image_id))
+        except KilnError as e:
+            result = BuildResult(golden.image_path, False, error=e.render())
+        finally:
+            store.close()  # type: ignore[attr-defined]
+        with lock:
+            report.results.append(result)
+            monitor.progress("factory build", len(report.results), len(selected),
+                             f"{len(report.failed)} failed" if report.failed else "")
+
+    if max_jobs <= 1:
+        for g in selected:
+            one(g)
+    else:
+        with ThreadPoolExecutor(max_workers=max_jobs, thread_name_prefix="factory-build") as pool:
+            for f in [pool.submit(one, g) for g in selected]:
+                f.result()
+    report.results.sort(key=lambda r: r.image_path)
+    monitor.finish("factory build", ok=not report.failed,
+                   message=f"{len(report.results) - len(report.failed)} built, {len(report.failed)} failed")
+    return report
+
+
+def raise_for_failures(report: BuildReport) -> None:
+    if report.failed:
+        raise BuildFailed("; ".join(f"{r.image_path}: {r.error.splitlines()[0] if r.error else 'failed'}"
+                                    for r in report.failed),
+                          hint="see kiln runs list and each run's customization.log")
+
+
+# ---------------------------------------------------------------- save
+
+
+@dataclass(frozen=True)
+class SavedImage:
+    staging_image: str
+    custom_image: str
+    image_path: str
+    boot_tested: bool
+    new: bool
+
+
+def staging_images(store, lab: Lab) -> list:
+    """Managed images the factory built for this lab and has not saved yet, oldest first."""
+    found = [i for i in store.images.list()
+             if i.tags.get(STAGING_TAG) == "golden" and i.id.subscription.lower() == lab.id.subscription.lower()
+             and i.id.resource_group.lower() == lab.id.resource_group.lower()]
+    return sorted(found, key=lambda i: (i.created, i.id.key))
+
+
+def save_images(store, lab: Lab, monitor: Monitor) -> list[SavedImage]:
+    """Save every staging image into the factory lab as a custom image, then drop the staging image."""
+    saved: list[SavedImage] = []
+    pending = staging_images(store, lab)
+    monitor.begin("factory save", f"{len(pending)} built image(s) into {lab.id.name}")
+    for image in pending:
+        existing = {i.source.lower(): i for i in store.labs.images(lab.id)}
+        done = existing.get(str(image.id).lower())
+        new = done is None
+        if done is None:
+            path = image.tags.get(IMAGE_PATH_TAG, "")
+            taken = {i.name.lower() for i in existing.values()}
+            name = unique_name(dated_name(path, image.created), taken)
+            blob = store.blobs.get(image.digest)
+            done = store.labs.publish_image(
+                lab.id, name, blob, os_type=image.os_type, os_state=image.tags.get("osState", "Generalized"),
+                description=image.tags.get("description", ""), image_path=path, boot_tested=image.boot_tested,
+                source=str(image.id), created=image.created, monitor=monitor)
+        store.images.delete(image.id)
+        saved.append(SavedImage(str(image.id), str(done.id), done.image_path, done.boot_tested, new))
+        monitor.log(f"saved {done.id.name} ({done.image_path}, {'boot-tested' if done.boot_tested else 'NOT boot-tested'})")
+        monitor.progress("factory save", len(saved), len(pending))
+    monitor.finish("factory save", message=f"{sum(s.new for s in saved)} saved")
+    return saved
+
+
+def ensure_lab(store, lab_id: str | ResourceId, location: str) -> Lab:
+    rid = lab_id if isinstance(lab_id, ResourceId) else ids.parse(lab_id, ids.LAB, what="factory lab id")
+    return store.labs.find(rid) or store.labs.create(rid, location)

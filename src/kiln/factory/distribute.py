@@ -1,0 +1,144 @@
+"""Fan-out: every lab in Labs.json gets the factory lab's images its ImagePaths select.
+
+The plan is (lab × image) pairs: each factory custom image that passed its boot test, for each lab
+whose ImagePaths select the image's ImagePath. A pair the lab already holds (same name, same bytes)
+is *skipped*, so a rerun after an interruption does only what is missing. The rest are *jobs*, run
+up to `max_jobs` at once in threads; each job is one `Labs.publish_image` (the lab's region gets
+the blob by reflink or hardlink, or a verified copy when the lab is in another region; the row
+appears only after that, in one transaction).
+
+Every job reports a `step` event when it starts and a `result` when it ends, carrying the number of
+jobs in flight, so the concurrency limit can be checked from the events alone; `progress` events
+count labs × images done, skipped and failed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from kiln.errors import InvalidInput, KilnError, Problem, ValidationFailed
+from kiln.events import Monitor
+from kiln.factory.config import Factory
+from kiln.ids import ResourceId
+from kiln.store.labs import Lab, LabCustomImage
+
+
+@dataclass(frozen=True)
+class Job:
+    lab: ResourceId
+    image: LabCustomImage  # the factory lab's image
+
+
+@dataclass
+class DistributionReport:
+    total: int = 0
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    max_in_flight: int = 0
+
+    def to_json(self) -> dict:
+        return {"total": self.total, "done": self.done, "skipped": self.skipped,
+                "failed": [{"image": i, "error": e} for i, e in self.failed], "maxInFlight": self.max_in_flight}
+
+
+def target_labs(store, factory: Factory, factory_lab: Lab, *, create_in: str | None = None) -> list[Lab]:
+    """The catalog labs behind Labs.json (created in `create_in` if missing; else all missing ones are an error)."""
+    labs, problems = [], []
+    for spec in factory.labs:
+        if spec.id == factory_lab.id:
+            continue
+        found = store.labs.find(spec.id)
+        if found is None and create_in:
+            found = store.labs.create(spec.id, create_in)
+        if found is None:
+            problems.append(Problem(f"lab {spec.id} does not exist", f".Labs[{spec.index}]",
+                                    str(factory.root / "Labs.json"),
+                                    f"kiln lab create {spec.id} --location REGION, or pass --create-labs-in REGION"))
+            continue
+        labs.append(found)
+    if problems:
+        raise ValidationFailed(problems)
+    return labs
+
+
+def plan(store, factory: Factory, factory_lab: Lab, labs: list[Lab], *,
+         include_unverified: bool = False) -> tuple[list[Job], list[str]]:
+    """(jobs to run, pairs already there) for every lab × selected factory image."""
+    images = [i for i in store.labs.images(factory_lab.id)
+              if i.image_path and factory.golden(i.image_path) is not None and (i.boot_tested or include_unverified)]
+    specs = {s.id.key: s for s in factory.labs}
+    jobs, skipped = [], []
+    for lab in labs:
+        spec = specs[lab.id.key]
+        have = {i.name.lower(): i for i in store.labs.images(lab.id)}
+        for image in images:
+            if not spec.selects(image.image_path):
+                continue
+            other = have.get(image.name.lower())
+            if other is not None and other.digest == image.digest:
+                skipped.append(f"{lab.id.name}/{image.name}")
+            else:
+                jobs.append(Job(lab.id, image))
+    return jobs, skipped
+
+
+def distribute_images(open_store: Callable[[], object], store, factory: Factory, factory_lab: Lab, labs: list[Lab], *,
+                      monitor: Monitor, max_jobs: int = 20, include_unverified: bool = False) -> DistributionReport:
+    if max_jobs < 1:
+        raise InvalidInput(f"--max-concurrent-jobs {max_jobs} must be at least 1")
+    jobs, skipped = plan(store, factory, factory_lab, labs, include_unverified=include_unverified)
+    report = DistributionReport(total=len(jobs) + len(skipped), skipped=skipped)
+    lock = threading.Lock()
+    in_flight = 0
+    local = threading.local()
+    stores: list = []
+
+    def progress() -> None:
+        finished = len(report.done) + len(report.skipped) + len(report.failed)
+        monitor.progress("factory distribute", finished, report.total,
+                         f"{len(report.done)} done, {len(report.skipped)} skipped, {len(report.failed)} failed")
+
+    def run(job: Job) -> None:
+        nonlocal in_flight
+        label = f"{job.lab.name}/{job.image.name}"
+        if not hasattr(local, "store"):
+            local.store = open_store()
+            with lock:
+                stores.append(local.store)
+        with lock:
+            in_flight += 1
+            report.max_in_flight = max(report.max_in_flight, in_flight)
+            monitor.step(f"job {label}", "publish", job="start", in_flight=in_flight)
+        ok, message = True, ""
+        try:
+            s = local.store
+            blob = s.blobs.get(job.image.digest)
+            s.labs.publish_image(job.lab, job.image.name, blob, os_type=job.image.os_type, os_state=job.image.os_state,
+                                 description=job.image.description, author=job.image.author,
+                                 image_path=job.image.image_path, boot_tested=job.image.boot_tested,
+                                 source=str(job.image.id), created=job.image.created)
+        except KilnError as e:
+            ok, message = False, e.render()
+        with lock:
+            in_flight -= 1
+            (report.done.append(label) if ok else report.failed.append((label, message)))
+            monitor.result(f"job {label}", ok=ok, message=message, job="end", in_flight=in_flight)
+            progress()
+
+    monitor.begin("factory distribute", f"{len(jobs)} job(s), {len(skipped)} already there, up to {max_jobs} at once")
+    progress()
+    try:
+        if jobs:
+            with ThreadPoolExecutor(max_workers=min(max_jobs, len(jobs)), thread_name_prefix="distribute") as pool:
+                for f in [pool.submit(run, j) for j in jobs]:
+                    f.result()
+    finally:
+        for s in stores:
+            s.close()
+    monitor.finish("factory distribute", ok=not report.failed,
+                   message=f"{len(report.done)} done, {len(report.skipped)} skipped, {len(report.failed)} failed")
+    return report
