@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-
 HERE = Path(__file__).resolve().parent
 CONFORMANCE = HERE.parents[2] / "shared" / "conformance"
 WEB_ROOT = HERE / "samples-web"
@@ -27,8 +26,13 @@ SUB = "00000000-0000-0000-0000-00000000c0de"
 RG = "kiln-samples"
 
 # The samples ask for Ubuntu; only Debian's mirror is reachable here, so the test's state home maps
-# those Marketplace offers to Debian 12 through the user-extensible platform image map.
+# those Marketplace offers to Debian 12 through the user-extensible platform image map. Azure's
+# Ubuntu images ship unattended-upgrades (the samples' `apt install unattended-upgrades` without -y
+# only works because it is already there), so the mapped release carries it too.
 PLATFORM_MAP = """
+[suites.bookworm]
+extra_packages = ["systemd-resolved", "unattended-upgrades"]
+
 [[images]]
 publisher = "Canonical"
 offer = "UbuntuServer"

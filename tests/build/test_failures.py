@@ -91,7 +91,7 @@ def test_checksum_mismatch_runs_nothing(kiln: Kiln, tmp_path: Path, samples_web:
     ])
     proc = kiln("build", str(path), check=False)
     assert proc.returncode == 2, proc.stderr
-    assert "sha256" in proc.stderr.lower() and "tampered" in proc.stderr
+    assert "sha256 mismatch" in proc.stderr and "template.json:.properties.customize[0].sha256Checksum" in proc.stderr
     log = Path(last_run(kiln)["logPath"]).read_text()
     assert "customizeScript.sh running" not in log
     assert store_state(kiln) == before
@@ -132,5 +132,26 @@ def test_ctrl_c_cancels(kiln: Kiln, tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 130, err
     assert last_run(kiln)["lastRunStatus"]["runState"] == "Canceled"
+    assert store_state(kiln) == before
+    assert_host_clean(kiln)
+
+
+def test_windows_template_fails_fast(kiln: Kiln, tmp_path: Path) -> None:
+    """Windows images cannot be built here: a clear error before any work, never a hang."""
+    from .conftest import CONFORMANCE
+
+    sample = CONFORMANCE / "aib" / "templates" / "quickquickstarts__0_Creating_a_Custom_Windows_Managed_Image__helloImageTemplateWin.json"
+    identity = f"/subscriptions/{SUB}/resourcegroups/{RG}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id"
+    values = {"region": "westus2", "subscriptionID": SUB, "rgName": RG, "imageName": "winImage",
+              "runOutputName": "winOutput", "imgBuilderId": identity}
+    text = sample.read_text()
+    for key, value in values.items():
+        text = text.replace(f"<{key}>", value)
+    path = tmp_path / "win.json"
+    path.write_text(text)
+    before = store_state(kiln)
+    proc = kiln("build", str(path), check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Windows" in proc.stderr and "Traceback" not in proc.stderr
     assert store_state(kiln) == before
     assert_host_clean(kiln)

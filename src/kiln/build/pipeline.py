@@ -106,6 +106,8 @@ def build(
         ctx.monitor.finish("build", ok=False, message=f"Failed: {e.message}")
         raise
     except KilnError as e:
+        if e.path and not e.file:
+            e.file = template.file  # a JSON path means most to the user next to its file
         if not recorder.finished:
             recorder.finish("Failed", e.message, ctx.outputs)
             ctx.monitor.finish("build", ok=False, message=f"Failed: {e.message}")
