@@ -43,6 +43,7 @@ class BuildContext:
     disk: Path | None = None
     disk_format: str = "raw"
     boot_report: Any = None
+    known_digest: Any = None  # kiln.store.blobs.KnownDigest, computed during the boot test
     validation_failed: str | None = None
     outputs: list[Any] = field(default_factory=list)
     deadline: float | None = None  # time.monotonic() when buildTimeoutInMinutes runs out

@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from kiln.config import Config
 from kiln.errors import BuildFailed, Canceled, InvalidInput, KilnError
 from kiln.events import LogFile, Monitor, Monitors
 from kiln.ids import ResourceId
+from kiln.store.blobs import KnownDigest
 from kiln.template.model import (
     FileStep,
     ImageTemplate,
@@ -208,15 +210,23 @@ def validate(ctx: BuildContext) -> None:
     assert ctx.disk is not None
     scripts = guest_scripts(ctx)
     ctx.monitor.step("validate", f"boot in QEMU, {len(scripts)} in-VM validation(s)")
-    report = boot_test(
-        ctx.disk,
-        ctx.disk_format,
-        scripts=scripts,
-        timeout_s=ctx.options.boot_timeout_s,
-        monitor=ctx.monitor,
-        serial_log=ctx.log_path.with_name("serial.log"),
-        work_dir=ctx.work,
-    )
+    # The guest boots from an overlay, so the disk cannot change: hash it for the store meanwhile,
+    # and publishing later costs a rename and a footer. (QEMU stays on this thread: it is tied to it.)
+    with ThreadPoolExecutor(1, thread_name_prefix="kiln-hash") as pool:
+        hashing = pool.submit(KnownDigest.compute, ctx.disk)
+        report = boot_test(
+            ctx.disk,
+            ctx.disk_format,
+            scripts=scripts,
+            timeout_s=ctx.options.boot_timeout_s,
+            monitor=ctx.monitor,
+            serial_log=ctx.log_path.with_name("serial.log"),
+            work_dir=ctx.work,
+        )
+        try:
+            ctx.known_digest = hashing.result()
+        except (OSError, RuntimeError) as e:  # publishing hashes it again
+            ctx.monitor.log(f"disk hash during the boot test failed ({e}); it is hashed at publish time")
     ctx.boot_report = report
     failed = [r for r in report.results if r.exit_code != 0]
     if not report.ok or failed:
@@ -248,6 +258,7 @@ def distribute(ctx: BuildContext) -> None:
         boot_tested=ctx.options.validate and ctx.validation_failed is None,
         description=f"built by kiln from template {ctx.template.name}",
         source_id=describe_source(ctx.template),
+        known_digest=ctx.known_digest,
     )
     ctx.outputs = publish(
         ctx.store, ctx.template.distribute, artifact, template_id=ctx.template_id, run_id=ctx.run_id, monitor=ctx.monitor

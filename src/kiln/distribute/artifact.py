@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.store.blobs import KnownDigest
+
 
 @dataclass(frozen=True)
 class BuiltArtifact:
@@ -23,3 +25,4 @@ class BuiltArtifact:
     boot_tested: bool = False
     description: str = ""
     source_id: str = ""  # the template's source, recorded on the images made from it
+    known_digest: KnownDigest | None = None  # hashed ahead (during the boot test): publishing skips it

@@ -121,7 +121,8 @@ def distribute(store: Store, targets: Sequence[DistributeTarget], artifact: Buil
     outputs: list[RunOutput] = []
     try:
         try:
-            blob: Blob | None = store.blobs.ingest(artifact.disk, holder=holder, move=True, monitor=monitor)
+            blob: Blob | None = store.blobs.ingest(artifact.disk, holder=holder, move=True, monitor=monitor,
+                                                     known=artifact.known_digest)
             failure = ""
         except KilnError as e:
             blob, failure = None, f"the disk could not be stored: {e.render()}"

@@ -43,6 +43,35 @@ class DiskRef:
 
 
 @dataclass(frozen=True)
+class KnownDigest:
+    """A disk's digest computed ahead of publishing, with what identifies the exact file state it
+    was computed from (inode, size, mtime): if any of them moved, the digest is not trusted.
+    mtime ticks at the kernel's timestamp granularity (milliseconds), so this guards against a
+    file that was changed or replaced, not against a racing writer; the build guarantees there is
+    none (the boot test runs on an overlay)."""
+
+    digest: str
+    virtual_size: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def compute(cls, path: Path) -> KnownDigest:
+        before = path.stat()
+        virtual_size = vhd.round_up_mib(before.st_size)
+        digest = disk_digest(path, virtual_size)
+        after = path.stat()
+        if (before.st_ino, before.st_size, before.st_mtime_ns) != (after.st_ino, after.st_size, after.st_mtime_ns):
+            raise RuntimeError(f"{path} changed while it was hashed")
+        return cls(digest, virtual_size, after.st_ino, after.st_size, after.st_mtime_ns)
+
+    def matches(self, path: Path) -> bool:
+        st = path.stat()
+        return (st.st_ino, st.st_size, st.st_mtime_ns) == (self.inode, self.size, self.mtime_ns)
+
+
+@dataclass(frozen=True)
 class Blob:
     digest: str
     path: Path
@@ -121,13 +150,16 @@ class BlobStore:
 
     # ------------------------------------------------------------------ ingest
 
-    def ingest(self, path: Path, *, holder: str, move: bool = False, monitor: Monitor | None = None) -> Blob:
+    def ingest(self, path: Path, *, holder: str, move: bool = False, monitor: Monitor | None = None,
+               known: KnownDigest | None = None) -> Blob:
         """Put the disk at `path` into the store and return its blob (already there: deduplicated).
 
         `move=True` consumes a disk in the work dir (raw, or a fixed VHD): no byte is copied. Otherwise
         `path` is left untouched and its content is reflinked, sparse-copied or (qcow2, dynamic VHD)
         converted into a temporary file first. The blob is leased to `holder` before it becomes
         visible; the caller releases the lease (`release_holder`) once a catalog row references it.
+        `known` is a digest the caller computed of this very file earlier (a build hashes its disk
+        while the boot test runs); it is used only if the file provably did not change since.
         """
         monitor = monitor or NullMonitor()
         info = formats.detect(path)
@@ -138,7 +170,8 @@ class BlobStore:
             else:
                 work, data_size = self._private_copy(path, info, monitor), None
             try:
-                return self._publish(work, data_size, holder=holder, monitor=monitor)
+                reuse = known if known is not None and work == path and known.matches(path) else None
+                return self._publish(work, data_size, holder=holder, monitor=monitor, known=reuse)
             finally:
                 if work != path:
                     work.unlink(missing_ok=True)
@@ -167,16 +200,21 @@ class BlobStore:
             tmp.unlink(missing_ok=True)
             raise
 
-    def _publish(self, work: Path, data_size: int | None, *, holder: str, monitor: Monitor) -> Blob:
+    def _publish(self, work: Path, data_size: int | None, *, holder: str, monitor: Monitor,
+                 known: KnownDigest | None = None) -> Blob:
         with work.open("r+b") as f:
             size = data_size if data_size is not None else os.fstat(f.fileno()).st_size
             virtual_size = vhd.round_up_mib(size)
             # A fixed VHD: drop its footer, zero-extend to the MiB (sparse, nothing written).
             os.ftruncate(f.fileno(), size)
             os.ftruncate(f.fileno(), virtual_size)
-        monitor.step("hash", f"{virtual_size >> 20} MiB")
-        digest = disk_digest(work, virtual_size)
-        monitor.result("hash", message=digest[:16])
+        if known is not None and known.virtual_size == virtual_size:
+            digest = known.digest
+            monitor.log(f"hash: {digest[:16]} (computed while the disk was boot-tested, file unchanged since)")
+        else:
+            monitor.step("hash", f"{virtual_size >> 20} MiB")
+            digest = disk_digest(work, virtual_size)
+            monitor.result("hash", message=digest[:16])
         vhd.append_fixed_footer(work, bytes.fromhex(digest)[:16])
         self.take_lease(digest, holder)
         final = self.path_for(digest)
