@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sources"))
-from debian_root import CachedRoot, bootstrap_debian12, fresh_copy  # noqa: E402
+from debian_root import CachedRoot, bootstrap_debian12, fresh_copy
 
 
 @pytest.fixture(scope="session")

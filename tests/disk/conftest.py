@@ -1,9 +1,9 @@
 """Fixtures for the disk tests: one real Debian 12 root, bootstrapped once and shared.
 
-The root is made with mmdebstrap straight from the host's configured Debian mirror (the same
-package set the sources part ships) and cached as a tar.zst under /var/tmp/kiln-test-cache, keyed
-by mirror, suite and package set, so repeated runs while developing unpack it in seconds; CI
-starts clean and bootstraps once per session. Built disks are session-scoped too: every test that
+The root is the Debian 12 platform image as kiln's own sources part bootstraps and caches it
+(tests/debian_root.py, under KILN_TEST_CACHE, default /var/tmp/kiln-test-cache), so repeated runs
+while developing unpack it in seconds; CI starts clean and bootstraps once per session for every
+test folder that needs it. Built disks are session-scoped too: every test that
 needs a disk or a booted guest shares them, because a TCG boot costs ~40 s.
 """
 
@@ -18,18 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from kiln.config import load_config
+from debian_root import bootstrap_debian12
 from kiln.disk.assemble import DiskLayout
 from kiln.disk.boottest import BootReport
 from kiln.events import NullMonitor
 from kiln.run import run
-
-CACHE_DIR = Path(os.environ.get("KILN_TEST_CACHE", "/var/tmp/kiln-test-cache"))
-SUITE = "bookworm"
-PACKAGES = (
-    "linux-image-cloud-amd64", "systemd", "systemd-sysv", "udev", "dbus", "sudo", "openssh-server",
-    "ca-certificates", "curl", "initramfs-tools", "iproute2",
-)
+from kiln.sources.bootstrap import unpack_root
 
 
 def _missing_tools() -> str:
@@ -41,35 +35,10 @@ def _missing_tools() -> str:
     return ""
 
 
-def cached_root_tarball() -> Path:
-    """The Debian 12 root as a tar.zst, bootstrapping it first if no cached copy exists."""
-    mirror = load_config().debian_mirror
-    if not mirror:
-        pytest.skip("the host has no Debian mirror in its apt sources")
-    key = hashlib.sha256("\n".join([mirror, SUITE, "minbase", *PACKAGES]).encode()).hexdigest()[:16]
-    tarball = CACHE_DIR / f"debian12-{key}.tar.zst"
-    if tarball.is_file():
-        return tarball
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    staging = CACHE_DIR / f".staging-{key}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        run(["mmdebstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "--mode=root",
-             SUITE, str(staging), mirror], capture=True)
-        partial = tarball.with_name(tarball.name + ".partial")
-        run(["tar", "--zstd", "--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner",
-             "-C", str(staging), "-cpf", str(partial), "."])
-        partial.rename(tarball)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return tarball
-
-
-def unpack_root(tarball: Path, dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    run(["tar", "--zstd", "--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner",
-         "-C", str(dest), "-xpf", str(tarball)])
-    return dest
+def cached_root_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Debian 12 platform root as kiln's own sources bootstrap and cache it (shared with the
+    sources, sandbox and customizers tests, so a session bootstraps it once)."""
+    return bootstrap_debian12(tmp_path_factory.mktemp("debian12-bootstrap")).archive
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +46,9 @@ def debian12_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh, unpacked Debian 12 root tree (shared: tests must not modify it)."""
     if why := _missing_tools():
         pytest.skip(why)
-    return unpack_root(cached_root_tarball(), tmp_path_factory.mktemp("debian12") / "root")
+    dest = tmp_path_factory.mktemp("debian12") / "root"
+    unpack_root(cached_root_tarball(tmp_path_factory), dest)
+    return dest
 
 
 # Files the tests add to the root so extraction has something to prove: an odd owner, a setuid

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sources"))
-from debian_root import CachedRoot, bootstrap_debian12, fresh_copy  # noqa: E402
+from debian_root import CachedRoot, bootstrap_debian12, fresh_copy
 
 
 @pytest.fixture(scope="session")
