@@ -151,12 +151,19 @@ def register_image(cli: click.Group) -> None:
     @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="File to write (must not exist).")
     @pass_app
     def image_export(app: App, image_id: str, fmt: str, output: Path) -> None:
-        """Write an image's disk to a file: raw, fixed VHD, dynamic VHD or qcow2 (all sparse)."""
+        """Write an image's disk to a file: raw, fixed VHD, dynamic VHD or qcow2 (all sparse).
+
+        IMAGE_ID is a managed image or a gallery image version (or a definition's /versions/latest)."""
+        from kiln import ids
         from kiln.store.export import export_disk
 
         with _store(app) as store:
-            i = store.images.get(image_id)
-            export_disk(i.disk, fmt, output)
+            rid = ids.try_parse(image_id)
+            if rid is not None and rid.kind.lower() in (ids.GALLERY_IMAGE_VERSION.lower(), ids.GALLERY_IMAGE.lower()):
+                disk = store.galleries.resolve_version(image_id).disk
+            else:
+                disk = store.images.get(image_id).disk
+            export_disk(disk, fmt, output)
             click.echo(f"wrote {output} ({fmt})")
 
 
