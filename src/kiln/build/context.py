@@ -17,6 +17,8 @@ from kiln.events import Monitor
 from kiln.ids import ResourceId
 from kiln.template.model import ImageTemplate
 
+KEEP_MARKER = ".kiln-keep"  # in a run's work directory: kept on purpose (errorHandling abort, --keep-work)
+
 
 @dataclass(frozen=True, kw_only=True)
 class BuildOptions:

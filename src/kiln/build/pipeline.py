@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from kiln.build.context import BuildContext, BuildOptions
+from kiln.build.context import KEEP_MARKER, BuildContext, BuildOptions
 from kiln.build.runstate import RunRecorder
 from kiln.config import Config
 from kiln.errors import BuildFailed, Canceled, InvalidInput, KilnError
@@ -364,6 +364,8 @@ def abort_requested(ctx: BuildContext, mode: str, error: KilnError) -> bool:
 
 def release(ctx: BuildContext, keep_work: bool) -> None:
     if keep_work:
+        if ctx.work.exists():  # tells cleanup (kiln factory cleanup) this one was kept on purpose
+            (ctx.work / KEEP_MARKER).write_text(f"run {ctx.run_id} of {ctx.template_id}: kept for inspection\n")
         ctx.monitor.log(f"work directory kept: {ctx.work}")
         return
     if ctx.work.exists():
