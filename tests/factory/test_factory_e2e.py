@@ -79,6 +79,9 @@ def test_factory_images_hold_what_their_golden_definitions_say(factory_run) -> N
     assert file_in_disk(Path(by_path["Debian/tools.json"]["kiln"]["path"]), "/etc/kiln/artifact").strip() == "tools"
     assert file_in_disk(Path(site["kiln"]["path"]), "/etc/kiln/artifact").strip() == "site"
     assert file_in_disk(Path(by_path["Debian/base.json"]["kiln"]["path"]), "/etc/kiln/golden").strip() == "base"
+    # Specialized is an exact copy (its SSH host keys stay); generalized ones were deprovisioned.
+    assert file_in_disk(Path(site["kiln"]["path"]), "/etc/ssh/ssh_host_ed25519_key.pub").startswith("ssh-ed25519 ")
+    assert file_in_disk(Path(by_path["Debian/base.json"]["kiln"]["path"]), "/etc/ssh/ssh_host_ed25519_key.pub") == ""
 
 
 def test_rerun_of_distribute_skips_everything(factory_run) -> None:

@@ -25,6 +25,7 @@ class BuildOptions:
     validate: bool = True  # False: --no-validate, skip the boot test (quick iteration)
     boot_timeout_s: float = 300.0
     keep_work: bool = False  # keep the work directory even on success (debugging)
+    generalize: bool = True  # False: a specialized image, an exact copy (DevTest Labs' NonDeprovisioned)
 
 
 @dataclass(kw_only=True)
@@ -49,3 +50,4 @@ class BuildContext:
     validation_failed: str | None = None
     outputs: list[Any] = field(default_factory=list)
     deadline: float | None = None  # time.monotonic() when buildTimeoutInMinutes runs out
+    scratch: Any = None  # kiln.build.scratch.ScratchDir holding the root tree while it exists

@@ -82,6 +82,7 @@ def build_golden_images(factory: Factory, *, config: Config, open_store: Callabl
                         monitor: Monitor, max_jobs: int = 1, options=None,
                         only: tuple[str, ...] = ()) -> BuildReport:
     """Build every golden image (or those whose ImagePath is in `only`) into a staging image."""
+    from kiln.build.context import BuildOptions
     from kiln.build.pipeline import build
 
     selected = tuple(g for g in factory.golden_images if not only or g.image_path in only)
@@ -95,7 +96,10 @@ def build_golden_images(factory: Factory, *, config: Config, open_store: Callabl
         image_id = staging_id(lab, golden, stamp)
         store = open_store()
         try:
-            ctx = build(factory_template(golden, lab, image_id), config=config, store=store, monitor=monitor, options=options)
+            # A Specialized golden image is an exact copy: it is not deprovisioned.
+            golden_options = dataclasses.replace(options or BuildOptions(), generalize=golden.os_state != "Specialized")
+            ctx = build(factory_template(golden, lab, image_id), config=config, store=store, monitor=monitor,
+                        options=golden_options)
             result = BuildResult(golden.image_path, True, ctx.run_id, str(image_id))
         except KilnError as e:
             result = BuildResult(golden.image_path, False, error=e.render())
