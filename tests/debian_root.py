@@ -18,7 +18,7 @@ import pytest
 
 from kiln.config import Config, load_config
 from kiln.events import NullMonitor
-from kiln.sources.bootstrap import platform_root, roots_cache, unpack_root
+from kiln.sources.bootstrap import cache_entry, platform_root, unpack_root
 from kiln.sources.roottree import RootTree
 from kiln.template.model import PlatformImageSource
 
@@ -29,7 +29,7 @@ DEBIAN12 = PlatformImageSource(publisher="Debian", offer="debian-12", sku="12-ge
 @dataclass(frozen=True)
 class CachedRoot:
     tree: RootTree  # an unpacked copy nobody may change
-    archive: Path  # the cache entry, to unpack fresh copies from
+    archive: Path  # the cache entry (a directory tree), to make fresh copies from
     config: Config
 
 
@@ -56,7 +56,7 @@ def bootstrap_debian12(dest_parent: Path) -> CachedRoot:
         pytest.skip("the host has no Debian mirror in its apt sources")
     tree = platform_root(DEBIAN12, config=config, dest=dest_parent / "root", monitor=NullMonitor())
     assert tree.cache_key
-    return CachedRoot(tree, roots_cache(config) / f"{tree.cache_key}.tar.zst", config)
+    return CachedRoot(tree, cache_entry(config, tree.cache_key), config)
 
 
 def fresh_copy(cached: CachedRoot, dest: Path) -> Path:

@@ -143,12 +143,16 @@ def check_supported(ctx: BuildContext) -> None:
 
 def resolve_source(ctx: BuildContext) -> None:
     from kiln import sources
+    from kiln.build.scratch import ScratchDir
 
     ctx.monitor.step("source", describe_source(ctx.template))
+    # The root tree lives in scratch space (RAM when there is room; see build/scratch.py), the
+    # disk in the work directory next to the blobs.
+    ctx.scratch = ScratchDir.create(ctx.work, ctx.run_id)
     tree = sources.resolve_source(
         ctx.template.source,
         config=ctx.config,
-        work=ctx.work,
+        work=ctx.scratch.path,
         monitor=ctx.monitor,
         disk_for=lambda s: source_disk(ctx, s),
     )
@@ -193,8 +197,8 @@ def assemble_disk(ctx: BuildContext) -> None:
     ctx.disk = ctx.work / "disk.raw"
     layout = assemble(ctx.root, ctx.disk, size_bytes=size_gb * 1024**3 if size_gb else None, monitor=ctx.monitor)
     ctx.disk_format = "raw"
-    # The tree is in the disk now; drop it early to give the disk space back.
-    shutil.rmtree(ctx.root, ignore_errors=True)
+    # The tree is in the disk now: its reaper deletes it in the background, off the critical path.
+    ctx.scratch.release()
     ctx.root = None
     ctx.monitor.result("assemble", message=f"{ctx.disk} ({layout.size_bytes / 1024**3:.2f} GiB virtual)")
 
@@ -349,6 +353,8 @@ def template_resource_id(t: ImageTemplate) -> ResourceId:
 def abort_requested(ctx: BuildContext, mode: str, error: KilnError) -> bool:
     if mode != "abort":
         return False
+    if ctx.scratch is not None and ctx.root is not None:  # the tree joins the kept work directory
+        ctx.root = ctx.scratch.keep_in(ctx.work) / ctx.root.relative_to(ctx.scratch.path)
     hints = [f"errorHandling says abort: the work directory is kept at {ctx.work}"]
     if ctx.root is not None and ctx.root.exists():
         hints.append(f"enter the root: sudo unshare --mount --pid --fork chroot {shlex.quote(str(ctx.root))} /bin/bash")
@@ -363,6 +369,10 @@ def abort_requested(ctx: BuildContext, mode: str, error: KilnError) -> bool:
 
 
 def release(ctx: BuildContext, keep_work: bool) -> None:
+    if ctx.scratch is not None:
+        if keep_work:
+            ctx.scratch.keep_in(ctx.work)
+        ctx.scratch.remove()  # at once on failure; after assemble it is already the reaper's
     if keep_work:
         if ctx.work.exists():  # tells cleanup (kiln factory cleanup) this one was kept on purpose
             (ctx.work / KEEP_MARKER).write_text(f"run {ctx.run_id} of {ctx.template_id}: kept for inspection\n")

@@ -3,11 +3,19 @@
 A platform image source becomes a `Recipe` (platform.py), the mirror's Release file pins the
 exact version (mirror.py), and the pair gives the cache key: a sha256 over the recipe (distro,
 suite, mirror, components, package set), the mirror's exact version and this module's recipe
-version (bumped whenever the way a root is made changes, the setup hook included). A cached
-root is a `tar --xattrs --acls --numeric-owner` archive compressed with zstd under
-`Config.cache_dir/roots/`; unpacking one takes seconds where a bootstrap takes a minute or more.
+version (bumped whenever the way a root is made changes, the hooks included).
 
-A cache entry is written to a temporary name and renamed when complete, so a killed bootstrap
+A cached root is a plain directory tree under `Config.cache_dir/roots/<key>/`, written once and
+never changed: a build gets its own copy (`cp -a`, owners, modes, hardlinks, device nodes and
+xattrs kept), which takes about a second where unpacking a compressed archive took three or four.
+
+Speed, measured on 2 cores (see docs/benchmarks.md): the bootstrap uses a warm `.deb` cache
+(`Config.cache_dir/debs/<distro>-<suite>/`, seeded into apt's archive by a setup hook and
+refreshed from it afterwards, so a rebuild downloads only what changed on the mirror), keeps the
+docs/man/locale excludes out of mmdebstrap's Python tar filter, and builds the initramfs once
+instead of once per package that carries an initramfs hook (platform-hooks.sh says how).
+
+A cache entry is written under a temporary name and renamed when complete, so a killed bootstrap
 never leaves an entry that looks valid; an exclusive lock per key makes two concurrent builds
 of the same source bootstrap once.
 """
@@ -18,6 +26,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,21 +43,14 @@ from kiln.sources.platform import Recipe, recipe_for
 from kiln.sources.roottree import RootTree, read_os_release
 from kiln.template.model import PlatformImageSource
 
-RECIPE_VERSION = "3"
+RECIPE_VERSION = "4"
 SETUP_HOOK = Path(__file__).with_name("platform-setup.sh")
+SPEED_HOOKS = Path(__file__).with_name("platform-hooks.sh")
 BOOTSTRAP_TIMEOUT_S = 3600
 
 # Docs, man pages and translations are not installed (as in Ubuntu's minimal images): they cost
-# dpkg time and space and nothing on a server reads them. Licences stay.
-_DPKG_EXCLUDES = (
-    "path-exclude=/usr/share/man/*",
-    "path-exclude=/usr/share/info/*",
-    "path-exclude=/usr/share/doc/*",
-    "path-include=/usr/share/doc/*/copyright",
-    "path-exclude=/usr/share/locale/*",
-    "path-include=/usr/share/locale/locale.alias",
-)
-_TAR_FLAGS = ("--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner")
+# dpkg time and space and nothing on a server reads them. Licences stay. platform-hooks.sh
+# writes the dpkg path-excludes; its hash is part of the cache key.
 
 
 def cache_key(recipe: Recipe, release: SuiteRelease) -> str:
@@ -58,13 +60,23 @@ def cache_key(recipe: Recipe, release: SuiteRelease) -> str:
         "codename": release.codename,
         "recipe_version": RECIPE_VERSION,
         "setup_hook": hashlib.sha256(SETUP_HOOK.read_bytes()).hexdigest(),
-        "dpkg": list(_DPKG_EXCLUDES),
+        "speed_hooks": hashlib.sha256(SPEED_HOOKS.read_bytes()).hexdigest(),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
 def roots_cache(config: Config) -> Path:
     return config.cache_dir / "roots"
+
+
+def cache_entry(config: Config, key: str) -> Path:
+    """Where the cached root for `key` lives: a directory tree, complete once it exists."""
+    return roots_cache(config) / key
+
+
+def debs_cache(config: Config, recipe: Recipe) -> Path:
+    """The warm package cache of one distro release (shared by all package sets of that release)."""
+    return config.cache_dir / "debs" / f"{recipe.distro}-{recipe.suite}"
 
 
 def platform_root(source: PlatformImageSource, *, config: Config, dest: Path, monitor: Monitor) -> RootTree:
@@ -82,24 +94,31 @@ def platform_root(source: PlatformImageSource, *, config: Config, dest: Path, mo
     key = cache_key(recipe, release)
     cache = roots_cache(config)
     cache.mkdir(parents=True, exist_ok=True)
-    archive = cache / f"{key}.tar.zst"
     with _key_lock(cache / f"{key}.lock"):
-        if archive.is_file():
-            monitor.log(f"cached root {archive.name} (exactVersion {release.exact_version}): unpacking", name="source")
-            unpack_root(archive, dest)
+        entry = cache_entry(config, key)
+        if entry.is_dir():
+            monitor.log(f"cached root {entry.name} (exactVersion {release.exact_version}): copying", name="source")
+            unpack_root(entry, dest)
         else:
             monitor.log(f"no cached root for key {key[:16]}…: bootstrapping {recipe.suite}", name="source")
-            bootstrap(recipe, dest, monitor)
-            store_root(dest, archive, meta={"exact_version": release.exact_version, "recipe": asdict(recipe)})
-            monitor.log(f"cached the root as {archive}", name="source")
+            debs = debs_cache(config, recipe)
+            bootstrap(recipe, dest, monitor, debs=debs)
+            keep_debs(dest, debs)
+            store_root(dest, entry, meta={"exact_version": release.exact_version, "recipe": asdict(recipe)})
+            monitor.log(f"cached the root as {entry}", name="source")
     return RootTree(path=dest, os_release=read_os_release(dest), exact_version=release.exact_version, cache_key=key)
 
 
-def bootstrap(recipe: Recipe, dest: Path, monitor: Monitor) -> None:
-    """Run mmdebstrap for `recipe` into the empty (or missing) folder `dest`."""
+def bootstrap(recipe: Recipe, dest: Path, monitor: Monitor, *, debs: Path | None = None) -> None:
+    """Run mmdebstrap for `recipe` into the empty (or missing) folder `dest`.
+
+    `debs`: a folder of .deb files to seed apt's archive with (the warm package cache). The
+    packages stay in the tree's /var/cache/apt/archives for `keep_debs` to collect.
+    """
     if dest.exists() and any(dest.iterdir()):
         raise FileExistsError(f"{dest} is not empty")
     mirror_line = f"deb {recipe.mirror} {recipe.suite} {' '.join(recipe.components)}"
+    hook = f'sh {SPEED_HOOKS} %s "$1" {shlex.quote(str(debs or "/nonexistent"))}'
     cmd = [
         # mmdebstrap mounts /proc, /sys and /dev in the new root while it works: give it its own
         # mount and pid namespaces so nothing it mounts is visible on the host or outlives kiln.
@@ -109,8 +128,13 @@ def bootstrap(recipe: Recipe, dest: Path, monitor: Monitor) -> None:
         f"--components={','.join(recipe.components)}",
         f"--include={','.join(recipe.packages)}",
         "--dpkgopt=force-unsafe-io",
-        *(f"--dpkgopt={o}" for o in _DPKG_EXCLUDES),
         '--aptopt=Acquire::Languages "none"',
+        # Keep downloaded packages for the cache: essential ones are not unlinked, the archive
+        # is not emptied before downloading (it holds the seeded ones) nor at the end.
+        "--skip=essential/unlink", "--skip=download/empty", "--skip=cleanup/apt/cache",
+        f"--setup-hook={hook % 'setup'}",
+        f"--essential-hook={hook % 'essential'}",
+        f"--customize-hook={hook % 'customize'}",
         f'--customize-hook=sh {SETUP_HOOK} "$1" {recipe.hostname}',
         recipe.suite, str(dest), mirror_line,
     ]
@@ -122,20 +146,58 @@ def bootstrap(recipe: Recipe, dest: Path, monitor: Monitor) -> None:
         raise
 
 
-def store_root(root: Path, archive: Path, meta: dict) -> None:
-    """Archive `root` as `archive` (tar.zst): written under a temporary name, renamed when complete."""
-    tmp = archive.with_name(f".partial-{os.getpid()}-{archive.name}")
+def keep_debs(root: Path, debs: Path) -> None:
+    """Move the packages the bootstrap used from the root's apt archive into the warm cache.
+
+    The cache ends up holding exactly what this bootstrap installed plus other packages of the
+    release (other package sets); older versions of the packages installed now are dropped, so
+    it does not grow with every mirror update.
+    """
+    archives = root / "var/cache/apt/archives"
+    debs.mkdir(parents=True, exist_ok=True)
+    used = sorted(archives.glob("*.deb"))
+    names = {p.name.split("_", 1)[0] for p in used}
+    current = {p.name for p in used}
+    for old in debs.glob("*.deb"):
+        if old.name.split("_", 1)[0] in names and old.name not in current:
+            old.unlink(missing_ok=True)
+    for deb in used:
+        target = debs / deb.name
+        if not target.exists():
+            tmp = debs / f".partial-{os.getpid()}-{deb.name}"
+            shutil.copyfile(deb, tmp)
+            os.replace(tmp, target)
+        deb.unlink()
+    # The rest of what `apt-get clean` (skipped above) removes.
+    for leftover in [*(archives / "partial").glob("*"), *(root / "var/cache/apt").glob("*.bin")]:
+        leftover.unlink(missing_ok=True)
+
+
+def store_root(root: Path, entry: Path, meta: dict) -> None:
+    """Copy `root` to the cache `entry` (a directory): under a temporary name, renamed when complete."""
+    tmp = entry.with_name(f".partial-{os.getpid()}-{entry.name}")
     try:
-        run(["tar", *_TAR_FLAGS, "--use-compress-program=zstd -T0 -3 -q", "-C", root, "-cf", tmp, "."])
-        archive.with_name(archive.name.removesuffix(".tar.zst") + ".json").write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, archive)
+        copy_tree(root, tmp)
+        entry.with_name(entry.name + ".json").write_text(json.dumps(meta, indent=2) + "\n")
+        os.rename(tmp, entry)
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
-def unpack_root(archive: Path, dest: Path) -> None:
+def unpack_root(entry: Path, dest: Path) -> None:
+    """Make `dest` a private copy of the cached root `entry`."""
+    copy_tree(entry, dest)
+
+
+def copy_tree(src: Path, dest: Path) -> None:
+    """A full copy of a root tree: owners, modes, times, hardlinks, device nodes, xattrs, ACLs.
+
+    A real copy, never hardlinks into the cache: a customizer that rewrites a file in place
+    (`echo > /etc/motd`) would otherwise change the cached root for every later build.
+    """
     dest.mkdir(parents=True, exist_ok=True)
-    run(["tar", *_TAR_FLAGS, "--use-compress-program=zstd -T0 -q", "-C", dest, "-xpf", archive])
+    run(["cp", "-a", "--sparse=always", f"{src}/.", f"{dest}/"], capture=True)
 
 
 def _run_logged(cmd: list[str], monitor: Monitor) -> None:
