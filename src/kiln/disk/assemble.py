@@ -1,7 +1,7 @@
 """Assemble a root tree into a bootable GPT/UEFI disk, without mounting anything.
 
 These machines cannot mount vfat and their loop devices have no partition nodes, so the disk is
-written the way a disk writer would: the partition table with `sgdisk` on the image file, the EFI
+written the way a disk writer would: the partition table with `sfdisk` on the image file, the EFI
 system partition formatted with `mkfs.vfat --offset` and filled with mtools (`image@@offset`),
 and the root filesystem written in place by `mkfs.ext4 -d ROOT -E offset=…`, which copies owners,
 modes, xattrs, hardlinks and device nodes straight from the tree.
@@ -308,15 +308,14 @@ def _timed(monitor: Monitor, what: str, fn) -> None:
 
 
 def _write_gpt(out: Path, disk_guid: str, esp: Partition, rootp: Partition) -> None:
-    def span(p: Partition) -> str:
-        return f"{p.number}:{p.offset // SECTOR}:{(p.offset + p.size) // SECTOR - 1}"
+    # sfdisk (util-linux), not sgdisk: sgdisk ends with a global sync(), which on a busy host
+    # waits for everyone's dirty pages (1-2 s measured); sfdisk fsyncs only the image file.
+    def line(p: Partition) -> str:
+        return (f'start={p.offset // SECTOR}, size={p.size // SECTOR}, type={p.type_guid}, '
+                f'uuid={p.part_guid}, name="{p.label}"')
 
-    run(["sgdisk", "--clear", f"--disk-guid={disk_guid}",
-         f"--new={span(esp)}", f"--typecode={esp.number}:{esp.type_guid}",
-         f"--partition-guid={esp.number}:{esp.part_guid}", f"--change-name={esp.number}:{esp.label}",
-         f"--new={span(rootp)}", f"--typecode={rootp.number}:{rootp.type_guid}",
-         f"--partition-guid={rootp.number}:{rootp.part_guid}", f"--change-name={rootp.number}:{rootp.label}",
-         out], capture=True)
+    script = f"label: gpt\nlabel-id: {disk_guid}\n{line(esp)}\n{line(rootp)}\n"
+    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "--wipe", "never", out], input=script, capture=True)
 
 
 def _write_esp(out: Path, esp: Partition, boot: BootConfig, kernel: Path, initrd: Path, version: str) -> None:
