@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from kiln.cli import App, pass_app
+from kiln.cli.common import make_monitor, open_store, print_json
 from kiln.cli.validate_cmds import parse_parameters
-
-
-def make_monitor(app: App):
-    from kiln.events import JsonMonitor, NullMonitor, TextMonitor
-
-    return {"text": lambda: TextMonitor(sys.stderr), "json": lambda: JsonMonitor(sys.stdout), "quiet": NullMonitor}[app.progress]()
 
 
 @click.command("build")
@@ -33,13 +25,12 @@ def build_cmd(app: App, template: Path, parameters: tuple[str, ...], no_validate
     """Build TEMPLATE: source, customize, generalize, assemble, boot-test, distribute."""
     from kiln.build.context import BuildOptions
     from kiln.build.pipeline import build
-    from kiln.store import Store
     from kiln.template.load import load_template
 
     templates = load_template(template, parse_parameters(parameters), config=app.config)
     options = BuildOptions(validate=not no_validate, boot_timeout_s=boot_timeout, keep_work=keep_work)
-    monitor = make_monitor(app)
-    with Store.open(app.config) as store:
+    monitor = make_monitor(app, json_stream=sys.stdout)  # kiln build streams its JSON events on stdout (always has)
+    with open_store(app) as store:
         for t in templates:
             ctx = build(t, config=app.config, store=store, monitor=monitor, options=options)
             run = store.runs.get(ctx.run_id)
@@ -47,9 +38,12 @@ def build_cmd(app: App, template: Path, parameters: tuple[str, ...], no_validate
 
 
 def print_run(run, as_json: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     data = run.to_json()
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        print_json(data)
         return
     console = Console()
     status = data["lastRunStatus"]
@@ -73,12 +67,13 @@ def runs_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def runs_list(app: App, template_id: str | None, as_json: bool) -> None:
-    from kiln.store import Store
+    from rich.console import Console
+    from rich.table import Table
 
-    with Store.open(app.config) as store:
+    with open_store(app) as store:
         runs = store.runs.list(template_id)
     if as_json:
-        click.echo(json.dumps([r.to_json() for r in runs], indent=2))
+        print_json([r.to_json() for r in runs])
         return
     table = Table("run", "template", "runState", "runSubState", "started", "seconds", "log")
     for r in runs:
@@ -93,9 +88,7 @@ def runs_list(app: App, template_id: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def runs_show(app: App, run_id: str, as_json: bool) -> None:
-    from kiln.store import Store
-
-    with Store.open(app.config) as store:
+    with open_store(app) as store:
         run = store.runs.get(run_id)
     print_run(run, as_json)
 

@@ -16,20 +16,16 @@ created on first use in `--location` (default: the first configured region).
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from kiln.cli import App, pass_app
+from kiln.cli.common import emit, json_option, make_monitor, open_store, print_json, store_opener
 
-_json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+# The factory's tables are narrower than the store's: their widest column is a lab id.
+TABLE_WIDTH = 200
 
 
 def _factory_lab_opt(f):
@@ -43,29 +39,6 @@ def _factory_lab_opt(f):
 def _artifact_opt(f):
     return click.option("--artifact-repo", "artifact_repos", multiple=True, type=click.Path(path_type=Path),
                         help="A DevTest Labs artifact repository folder (default: CONFIG_DIR/Artifacts). Repeatable.")(f)
-
-
-@contextmanager
-def _store(app: App) -> Iterator[Any]:
-    from kiln.store import Store
-
-    with Store.open(app.config) as store:
-        yield store
-
-
-def _monitor(app: App) -> Any:
-    from kiln.events import JsonMonitor, NullMonitor, TextMonitor
-
-    if app.progress == "json":
-        return JsonMonitor(sys.stderr)
-    return TextMonitor(sys.stderr) if app.progress == "text" else NullMonitor()
-
-
-def _table(columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-    table = Table(*columns, box=None, header_style="bold")
-    for row in rows:
-        table.add_row(*[str(c) for c in row])
-    Console(width=max(200, Console().width)).print(table)
 
 
 def _location(app: App, location: str | None) -> str:
@@ -95,13 +68,12 @@ def _do_build(app: App, factory: Any, factory_lab: str, location: str | None, jo
     from kiln.build.context import BuildOptions
     from kiln.factory import build_golden_images
     from kiln.factory.build import raise_for_failures, refuse_windows
-    from kiln.store import Store
 
     refuse_windows(factory, factory.golden_images)  # before the factory lab is created: a refusal changes nothing
-    with _store(app) as store:
+    with open_store(app) as store:
         lab = _factory_lab(app, store, factory_lab, location)
-    report = build_golden_images(factory, config=app.config, open_store=lambda: Store.open(app.config), lab=lab,
-                                 monitor=_monitor(app), max_jobs=jobs,
+    report = build_golden_images(factory, config=app.config, open_store=store_opener(app), lab=lab,
+                                 monitor=make_monitor(app), max_jobs=jobs,
                                  options=BuildOptions(validate=not no_validate, boot_timeout_s=boot_timeout))
     for r in report.results:
         click.echo(f"{'built ' if r.ok else 'FAILED'} {r.image_path}  {r.staging_image or r.error.splitlines()[0]}")
@@ -111,8 +83,8 @@ def _do_build(app: App, factory: Any, factory_lab: str, location: str | None, jo
 def _do_save(app: App, factory_lab: str, location: str | None) -> None:
     from kiln.factory import save_images
 
-    with _store(app) as store:
-        saved = save_images(store, _factory_lab(app, store, factory_lab, location), _monitor(app))
+    with open_store(app) as store:
+        saved = save_images(store, _factory_lab(app, store, factory_lab, location), make_monitor(app))
     for s in saved:
         click.echo(f"saved {s.custom_image}  ({s.image_path}{'' if s.boot_tested else ', NOT boot-tested'})")
 
@@ -121,15 +93,14 @@ def _do_distribute(app: App, factory: Any, factory_lab: str, location: str | Non
                    include_unverified: bool, as_json: bool = False) -> None:
     from kiln.errors import BuildFailed
     from kiln.factory import distribute_images, target_labs
-    from kiln.store import Store
 
-    with _store(app) as store:
+    with open_store(app) as store:
         lab = _factory_lab(app, store, factory_lab, location)
         labs = target_labs(store, factory, lab, create_in=create_in)
-        report = distribute_images(lambda: Store.open(app.config), store, factory, lab, labs, monitor=_monitor(app),
+        report = distribute_images(store_opener(app), store, factory, lab, labs, monitor=make_monitor(app),
                                    max_jobs=jobs, include_unverified=include_unverified)
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        print_json(report.to_json())
     else:
         click.echo(f"{len(report.done)} done, {len(report.skipped)} skipped, {len(report.failed)} failed "
                    f"(labs × images: {report.total}; at most {report.max_in_flight} job(s) at once)")
@@ -142,31 +113,31 @@ def _do_distribute(app: App, factory: Any, factory_lab: str, location: str | Non
 
 def _do_retire(app: App, factory: Any, factory_lab: str, location: str | None, keep: int, dry_run: bool,
                as_json: bool = False) -> None:
-    from kiln.factory import plan_retirement, retire
+    from kiln.factory.retire import plan_retirement, retire
 
-    with _store(app) as store:
+    with open_store(app) as store:
         lab = _factory_lab(app, store, factory_lab, location)
         plan = plan_retirement(store, factory, lab, keep)
         if as_json:
-            click.echo(json.dumps({"dryRun": dry_run, "retire": [r.to_json() for r in plan]}, indent=2))
+            print_json({"dryRun": dry_run, "retire": [r.to_json() for r in plan]})
         else:
             for r in plan:
                 click.echo(f"{'would retire' if dry_run else 'retire'} {r.image.id}  ({r.reason})")
             if not plan:
                 click.echo("nothing to retire")
         if not dry_run:
-            retire(store, plan, _monitor(app))
+            retire(store, plan, make_monitor(app))
 
 
 def _do_cleanup(app: App, factory_lab: str, dry_run: bool, as_json: bool = False) -> None:
     from kiln import ids
     from kiln.factory import cleanup
 
-    with _store(app) as store:
+    with open_store(app) as store:
         lab = store.labs.find(ids.parse(factory_lab, ids.LAB, what="factory lab id"))
-        report = cleanup(store, lab, _monitor(app), dry_run=dry_run)
+        report = cleanup(store, lab, make_monitor(app), dry_run=dry_run)
     if as_json:
-        click.echo(json.dumps({"dryRun": dry_run, **report.to_json()}, indent=2))
+        print_json({"dryRun": dry_run, **report.to_json()})
         return
     verb = "would remove" if dry_run else "removed"
     for w in report.work_dirs:
@@ -194,7 +165,7 @@ def register_factory(cli: click.Group) -> None:
     @config_arg
     @_artifact_opt
     @_factory_lab_opt
-    @_json_opt
+    @json_option
     @pass_app
     def validate(app: App, config_dir: Path, artifact_repos, factory_lab, location, as_json: bool) -> None:
         """Check CONFIG_DIR (golden images, artifacts, Labs.json): every problem at once, exit 2."""
@@ -204,14 +175,14 @@ def register_factory(cli: click.Group) -> None:
             f = _load(app, config_dir, artifact_repos, factory_lab, location)
         except ValidationFailed as e:
             if as_json:
-                click.echo(json.dumps({"valid": False, "problems": [p.to_json() for p in e.problems]}, indent=2))
+                print_json({"valid": False, "problems": [p.to_json() for p in e.problems]})
                 raise click.exceptions.Exit(2) from e
             raise
         if as_json:
-            click.echo(json.dumps({"valid": True, "goldenImages": [
+            print_json({"valid": True, "goldenImages": [
                 {"imagePath": g.image_path, "form": g.form, "osType": g.os_type, "description": g.description,
                  "steps": len(g.template.customize)} for g in f.golden_images],
-                "labs": [{"id": str(s.id), "imagePaths": list(s.image_paths)} for s in f.labs]}, indent=2))
+                "labs": [{"id": str(s.id), "imagePaths": list(s.image_paths)} for s in f.labs]})
             return
         click.echo(f"{config_dir}: {len(f.golden_images)} golden image(s), {len(f.labs)} lab(s): valid")
         for g in f.golden_images:
@@ -244,7 +215,7 @@ def register_factory(cli: click.Group) -> None:
     @click.option("--include-unverified", is_flag=True, help="Also distribute images that were not boot-tested.")
     @_artifact_opt
     @_factory_lab_opt
-    @_json_opt
+    @json_option
     @pass_app
     def distribute(app: App, config_dir: Path, jobs, create_labs_in, include_unverified, artifact_repos, factory_lab,
                    location, as_json) -> None:
@@ -258,7 +229,7 @@ def register_factory(cli: click.Group) -> None:
     @click.option("--dry-run", is_flag=True, help="Print exactly what would be retired; change nothing.")
     @_artifact_opt
     @_factory_lab_opt
-    @_json_opt
+    @json_option
     @pass_app
     def retire_cmd(app: App, config_dir: Path, images_to_save, dry_run, artifact_repos, factory_lab, location, as_json) -> None:
         """Keep the newest N boot-tested images per ImagePath; retire the rest and orphans."""
@@ -268,7 +239,7 @@ def register_factory(cli: click.Group) -> None:
     @factory.command("cleanup")
     @click.option("--dry-run", is_flag=True, help="Print what would be removed; change nothing.")
     @_factory_lab_opt
-    @_json_opt
+    @json_option
     @pass_app
     def cleanup_cmd(app: App, dry_run, factory_lab, location, as_json) -> None:
         """Remove leftover build work (dead runs' work dirs, failed builds), skipping what is marked to keep."""
@@ -290,7 +261,7 @@ def register_factory(cli: click.Group) -> None:
             artifact_repos, factory_lab, location) -> None:
         """validate, build, save, distribute, retire, cleanup — in order."""
         f = _load(app, config_dir, artifact_repos, factory_lab, location)
-        with _store(app) as store:
+        with open_store(app) as store:
             # Check the labs before the long builds, so a missing lab fails in a second.
             from kiln.factory import target_labs
 
@@ -310,41 +281,42 @@ def register_lab(cli: click.Group) -> None:
     @lab.command("create")
     @click.argument("lab_id")
     @click.option("--location", default=None, help="Region (default: the first configured region).")
-    @_json_opt
+    @json_option
     @pass_app
     def create(app: App, lab_id: str, location: str | None, as_json: bool) -> None:
         """Create the lab LAB_ID (.../Microsoft.DevTestLab/labs/NAME)."""
-        with _store(app) as store:
+        with open_store(app) as store:
             found = store.labs.create(lab_id, _location(app, location))
-        click.echo(json.dumps(found.to_json(0), indent=2) if as_json else f"created {found.id} in {found.location}")
+        if as_json:
+            print_json(found.to_json(0))
+        else:
+            click.echo(f"created {found.id} in {found.location}")
 
     @lab.command("list")
-    @_json_opt
+    @json_option
     @pass_app
     def list_(app: App, as_json: bool) -> None:
         """List labs."""
-        with _store(app) as store:
+        with open_store(app) as store:
             labs = [(lab, len(store.labs.images(lab.id))) for lab in store.labs.list()]
-        if as_json:
-            click.echo(json.dumps([lab.to_json(n) for lab, n in labs], indent=2))
-            return
-        _table(("ID", "LOCATION", "IMAGES"), [(str(lab.id), lab.location, n) for lab, n in labs])
+        emit(as_json, [lab.to_json(n) for lab, n in labs],
+             lambda: (("ID", "LOCATION", "IMAGES"), [(str(lab.id), lab.location, n) for lab, n in labs]),
+             min_width=TABLE_WIDTH)
 
     @lab.command("show")
     @click.argument("lab_id")
-    @_json_opt
+    @json_option
     @pass_app
     def show(app: App, lab_id: str, as_json: bool) -> None:
         """Show one lab."""
-        with _store(app) as store:
+        with open_store(app) as store:
             found = store.labs.get(lab_id)
             count = len(store.labs.images(found.id))
         data = found.to_json(count)
-        if as_json:
-            click.echo(json.dumps(data, indent=2))
-            return
-        _table(("FIELD", "VALUE"), [("id", found.id), ("location", found.location), ("custom images", count),
-                                    ("created", data["properties"]["createdDate"])])
+        emit(as_json, data, lambda: (("FIELD", "VALUE"), [("id", found.id), ("location", found.location),
+                                                          ("custom images", count),
+                                                          ("created", data["properties"]["createdDate"])]),
+             min_width=TABLE_WIDTH)
 
     @lab.command("delete")
     @click.argument("lab_id")
@@ -352,7 +324,7 @@ def register_lab(cli: click.Group) -> None:
     @pass_app
     def delete(app: App, lab_id: str, with_images: bool) -> None:
         """Delete a lab (refused while it has custom images, unless --with-images)."""
-        with _store(app) as store:
+        with open_store(app) as store:
             found = store.labs.delete(lab_id, with_images=with_images)
         click.echo(f"deleted {found.id}")
 
@@ -362,33 +334,32 @@ def register_lab(cli: click.Group) -> None:
 
     @image.command("list")
     @click.argument("lab_id")
-    @_json_opt
+    @json_option
     @pass_app
     def image_list(app: App, lab_id: str, as_json: bool) -> None:
         """List the custom images of LAB_ID, oldest first."""
-        with _store(app) as store:
+        with open_store(app) as store:
             images = store.labs.images(lab_id)
-        if as_json:
-            click.echo(json.dumps([i.to_json() for i in images], indent=2))
-            return
-        _table(("NAME", "IMAGE PATH", "OS", "STATE", "BOOT-TESTED", "CREATED", "DIGEST"),
-               [(i.name, i.image_path, i.os_type, i.os_state_detail, "yes" if i.boot_tested else "no",
-                 i.to_json()["properties"]["creationDate"], i.digest[:16]) for i in images])
+        emit(as_json, [i.to_json() for i in images],
+             lambda: (("NAME", "IMAGE PATH", "OS", "STATE", "BOOT-TESTED", "CREATED", "DIGEST"),
+                      [(i.name, i.image_path, i.os_type, i.os_state_detail, "yes" if i.boot_tested else "no",
+                        i.to_json()["properties"]["creationDate"], i.digest[:16]) for i in images]),
+             min_width=TABLE_WIDTH)
 
     @image.command("show")
     @click.argument("image_id")
     @pass_app
     def image_show(app: App, image_id: str) -> None:
         """Show one custom image as JSON."""
-        with _store(app) as store:
-            click.echo(json.dumps(store.labs.get_image(image_id).to_json(), indent=2))
+        with open_store(app) as store:
+            print_json(store.labs.get_image(image_id).to_json())
 
     @image.command("delete")
     @click.argument("image_id")
     @pass_app
     def image_delete(app: App, image_id: str) -> None:
         """Delete one custom image (its bytes go with the next kiln gc if nothing else uses them)."""
-        with _store(app) as store:
+        with open_store(app) as store:
             found = store.labs.delete_image(image_id)
         click.echo(f"deleted {found.id}")
 

@@ -18,47 +18,14 @@ before the first write.
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from kiln.cli import App, pass_app
+from kiln.cli.common import Rows, emit, json_option, make_monitor, open_store, print_json
 from kiln.errors import InvalidInput, KilnError
-
-_json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-
-
-@contextmanager
-def _store(app: App) -> Iterator[Any]:
-    from kiln.store import Store
-
-    with Store.open(app.config) as store:
-        yield store
-
-
-def _monitor(app: App) -> Any:
-    from kiln.events import JsonMonitor, NullMonitor, TextMonitor
-
-    if app.progress == "json":
-        return JsonMonitor(sys.stderr)
-    return TextMonitor(sys.stderr) if app.progress == "text" else NullMonitor()
-
-
-def _emit(as_json: bool, data: Any, rows: Callable[[], tuple[Sequence[str], list[Sequence[str]]]]) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
-        return
-    columns, body = rows()
-    table = Table(*columns, show_lines=False, box=None, header_style="bold")
-    for row in body:
-        table.add_row(*[str(c) for c in row])
-    Console(width=max(240, Console().width)).print(table)
 
 
 def _size(n: int) -> str:
@@ -78,13 +45,13 @@ def _tags(values: tuple[str, ...]) -> dict[str, str]:
 # ---------------------------------------------------------------- images
 
 
-def _image_rows(images: list[Any]) -> tuple[Sequence[str], list[Sequence[str]]]:
+def _image_rows(images: list[Any]) -> Rows:
     return (("ID", "LOCATION", "OS", "STATE", "SIZE", "BOOT-TESTED", "DIGEST"),
             [(str(i.id), i.location, i.os_type, i.os_state, _size(i.disk.virtual_size), "yes" if i.boot_tested else "no",
               i.digest[:16]) for i in images])
 
 
-def _kv_rows(pairs: list[tuple[str, Any]]) -> tuple[Sequence[str], list[Sequence[str]]]:
+def _kv_rows(pairs: list[tuple[str, Any]]) -> Rows:
     return ("FIELD", "VALUE"), [(k, v) for k, v in pairs]
 
 
@@ -101,36 +68,36 @@ def register_image(cli: click.Group) -> None:
     @click.option("--os-state", default="Generalized", show_default=True, help="Generalized or Specialized.")
     @click.option("--hyper-v-generation", default="V2", show_default=True, help="V1 or V2.")
     @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag (repeatable).")
-    @_json_opt
+    @json_option
     @pass_app
     def image_import(app: App, disk: Path, image_id: str, location: str | None, os_type: str, os_state: str,
                      hyper_v_generation: str, tags: tuple[str, ...], as_json: bool) -> None:
         """Import DISK (raw, qcow2 or VHD, recognised by content) as a managed image. DISK is not modified."""
         tag_map = _tags(tags)
-        with _store(app) as store:
+        with open_store(app) as store:
             region = location or (app.config.regions[0].name if app.config.regions else "")
             img = store.images.import_disk(disk, image_id, region, os_type, os_state=os_state,
-                                           hyper_v_generation=hyper_v_generation, tags=tag_map, monitor=_monitor(app))
-            _emit(as_json, img.to_json(), lambda: _image_rows([img]))
+                                           hyper_v_generation=hyper_v_generation, tags=tag_map, monitor=make_monitor(app))
+            emit(as_json, img.to_json(), lambda: _image_rows([img]))
 
     @image.command("list")
-    @_json_opt
+    @json_option
     @pass_app
     def image_list(app: App, as_json: bool) -> None:
         """List managed images."""
-        with _store(app) as store:
+        with open_store(app) as store:
             images = store.images.list()
-            _emit(as_json, [i.to_json() for i in images], lambda: _image_rows(images))
+            emit(as_json, [i.to_json() for i in images], lambda: _image_rows(images))
 
     @image.command("show")
     @click.argument("image_id")
-    @_json_opt
+    @json_option
     @pass_app
     def image_show(app: App, image_id: str, as_json: bool) -> None:
         """Show one managed image."""
-        with _store(app) as store:
+        with open_store(app) as store:
             i = store.images.get(image_id)
-            _emit(as_json, i.to_json(), lambda: _kv_rows([
+            emit(as_json, i.to_json(), lambda: _kv_rows([
                 ("id", i.id), ("location", i.location), ("osType", i.os_type), ("osState", i.os_state),
                 ("hyperVGeneration", i.hyper_v_generation), ("size", _size(i.disk.virtual_size)),
                 ("tags", json.dumps(i.tags)), ("bootTested", i.boot_tested), ("digest", i.digest),
@@ -141,7 +108,7 @@ def register_image(cli: click.Group) -> None:
     @pass_app
     def image_delete(app: App, image_id: str) -> None:
         """Delete a managed image (its disk is freed by kiln gc once nothing else uses it)."""
-        with _store(app) as store:
+        with open_store(app) as store:
             i = store.images.delete(image_id)
             click.echo(f"deleted {i.id}")
 
@@ -157,7 +124,7 @@ def register_image(cli: click.Group) -> None:
         from kiln import ids
         from kiln.store.export import export_disk
 
-        with _store(app) as store:
+        with open_store(app) as store:
             rid = ids.try_parse(image_id)
             if rid is not None and rid.kind.lower() in (ids.GALLERY_IMAGE_VERSION.lower(), ids.GALLERY_IMAGE.lower()):
                 disk = store.galleries.resolve_version(image_id).disk
@@ -170,13 +137,13 @@ def register_image(cli: click.Group) -> None:
 # ---------------------------------------------------------------- galleries
 
 
-def _version_rows(versions: list[Any]) -> tuple[Sequence[str], list[Sequence[str]]]:
+def _version_rows(versions: list[Any]) -> Rows:
     return (("ID", "REGIONS", "EXCLUDE-FROM-LATEST", "SIZE", "DIGEST"),
             [(str(v.id), ",".join(t.name for t in v.target_regions), "yes" if v.exclude_from_latest else "no",
               _size(v.disk.virtual_size), v.digest[:16]) for v in versions])
 
 
-def _definition_rows(defs: list[Any]) -> tuple[Sequence[str], list[Sequence[str]]]:
+def _definition_rows(defs: list[Any]) -> Rows:
     return (("ID", "PUBLISHER", "OFFER", "SKU", "OS", "STATE", "GEN"),
             [(str(d.id), d.publisher, d.offer, d.sku, d.os_type, d.os_state, d.hyper_v_generation) for d in defs])
 
@@ -190,42 +157,42 @@ def register_gallery(cli: click.Group) -> None:
     @click.argument("gallery_id")
     @click.option("--location", default="", help="Region (default: the first configured region).")
     @click.option("--description", default="")
-    @_json_opt
+    @json_option
     @pass_app
     def gallery_create(app: App, gallery_id: str, location: str, description: str, as_json: bool) -> None:
         """Create a gallery (creating an existing one is a no-op)."""
-        with _store(app) as store:
+        with open_store(app) as store:
             g = store.galleries.create(gallery_id, location, description)
-            _emit(as_json, g.to_json(), lambda: (("ID", "LOCATION"), [(str(g.id), g.location)]))
+            emit(as_json, g.to_json(), lambda: (("ID", "LOCATION"), [(str(g.id), g.location)]))
 
     @gallery.command("list")
-    @_json_opt
+    @json_option
     @pass_app
     def gallery_list(app: App, as_json: bool) -> None:
         """List galleries."""
-        with _store(app) as store:
+        with open_store(app) as store:
             gs = store.galleries.list()
-            _emit(as_json, [g.to_json() for g in gs], lambda: (("ID", "LOCATION", "DESCRIPTION"),
+            emit(as_json, [g.to_json() for g in gs], lambda: (("ID", "LOCATION", "DESCRIPTION"),
                                                                [(str(g.id), g.location, g.description) for g in gs]))
 
     @gallery.command("show")
     @click.argument("gallery_id")
-    @_json_opt
+    @json_option
     @pass_app
     def gallery_show(app: App, gallery_id: str, as_json: bool) -> None:
         """Show a gallery and its image definitions."""
-        with _store(app) as store:
+        with open_store(app) as store:
             g = store.galleries.get(gallery_id)
             defs = store.galleries.list_definitions(g.id)
             data = {**g.to_json(), "images": [d.to_json() for d in defs]}
-            _emit(as_json, data, lambda: _definition_rows(defs))
+            emit(as_json, data, lambda: _definition_rows(defs))
 
     @gallery.command("delete")
     @click.argument("gallery_id")
     @pass_app
     def gallery_delete(app: App, gallery_id: str) -> None:
         """Delete an empty gallery."""
-        with _store(app) as store:
+        with open_store(app) as store:
             click.echo(f"deleted {store.galleries.delete(gallery_id).id}")
 
     @gallery.group("image-definition")
@@ -240,45 +207,45 @@ def register_gallery(cli: click.Group) -> None:
     @click.option("--os-type", default="Linux", show_default=True)
     @click.option("--os-state", default="Generalized", show_default=True)
     @click.option("--hyper-v-generation", default="V2", show_default=True)
-    @_json_opt
+    @json_option
     @pass_app
     def definition_create(app: App, definition_id: str, publisher: str, offer: str, sku: str, os_type: str,
                           os_state: str, hyper_v_generation: str, as_json: bool) -> None:
         """Create an image definition in an existing gallery."""
-        with _store(app) as store:
+        with open_store(app) as store:
             d = store.galleries.create_definition(definition_id, publisher=publisher, offer=offer, sku=sku,
                                                   os_type=os_type, os_state=os_state, hyper_v_generation=hyper_v_generation)
-            _emit(as_json, d.to_json(), lambda: _definition_rows([d]))
+            emit(as_json, d.to_json(), lambda: _definition_rows([d]))
 
     @definition.command("list")
     @click.argument("gallery_id", required=False)
-    @_json_opt
+    @json_option
     @pass_app
     def definition_list(app: App, gallery_id: str | None, as_json: bool) -> None:
         """List image definitions (of one gallery, or all)."""
-        with _store(app) as store:
+        with open_store(app) as store:
             defs = store.galleries.list_definitions(gallery_id)
-            _emit(as_json, [d.to_json() for d in defs], lambda: _definition_rows(defs))
+            emit(as_json, [d.to_json() for d in defs], lambda: _definition_rows(defs))
 
     @definition.command("show")
     @click.argument("definition_id")
-    @_json_opt
+    @json_option
     @pass_app
     def definition_show(app: App, definition_id: str, as_json: bool) -> None:
         """Show an image definition and its versions."""
-        with _store(app) as store:
+        with open_store(app) as store:
             d = store.galleries.get_definition(definition_id)
             versions = store.galleries.list_versions(d.id)
             latest = store.galleries.latest(d.id)
             data = {**d.to_json(), "latest": latest.version if latest else None, "versions": [v.version for v in versions]}
-            _emit(as_json, data, lambda: _version_rows(versions))
+            emit(as_json, data, lambda: _version_rows(versions))
 
     @definition.command("delete")
     @click.argument("definition_id")
     @pass_app
     def definition_delete(app: App, definition_id: str) -> None:
         """Delete an image definition that has no versions."""
-        with _store(app) as store:
+        with open_store(app) as store:
             click.echo(f"deleted {store.galleries.delete_definition(definition_id).id}")
 
     @gallery.group("image-version")
@@ -291,7 +258,7 @@ def register_gallery(cli: click.Group) -> None:
     @click.option("--image", "image_id", help="A managed image to publish instead of a file.")
     @click.option("--target-region", "regions", multiple=True, help="Region to replicate to (repeatable; default: the gallery's).")
     @click.option("--exclude-from-latest", is_flag=True)
-    @_json_opt
+    @json_option
     @pass_app
     def version_create(app: App, version_id: str, disk: Path | None, image_id: str | None, regions: tuple[str, ...],
                        exclude_from_latest: bool, as_json: bool) -> None:
@@ -307,7 +274,7 @@ def register_gallery(cli: click.Group) -> None:
             raise InvalidInput("give exactly one of --disk FILE and --image ID", hint="e.g. --disk build/disk.raw")
         rid = ids.parse(version_id, ids.GALLERY_IMAGE_VERSION, what="image version id")
         parse_version(rid.name)
-        with _store(app) as store:
+        with open_store(app) as store:
             d = store.galleries.get_definition(rid.parent())
             targets = [RegionTarget(store.regions.get(r).name) for r in regions]
             if not targets:
@@ -328,37 +295,37 @@ def register_gallery(cli: click.Group) -> None:
             holder = new_holder("version")
             try:
                 if disk is not None:
-                    blob = store.blobs.ingest(disk, holder=holder, monitor=_monitor(app))
+                    blob = store.blobs.ingest(disk, holder=holder, monitor=make_monitor(app))
                     source = ""
                 else:
                     img = store.images.get(image_id)
                     store.blobs.take_lease(img.digest, holder)
                     blob, source = store.blobs.get(img.digest), str(img.id)
                 v = store.galleries.publish_version(d.id, blob, rule=VersionRule("Explicit", rid.name), target_regions=targets,
-                                                    exclude_from_latest=exclude_from_latest, source=source, monitor=_monitor(app))
+                                                    exclude_from_latest=exclude_from_latest, source=source, monitor=make_monitor(app))
             finally:
                 store.blobs.release_holder(holder)
-            _emit(as_json, v.to_json(), lambda: _version_rows([v]))
+            emit(as_json, v.to_json(), lambda: _version_rows([v]))
 
     @version.command("list")
     @click.argument("definition_id", required=False)
-    @_json_opt
+    @json_option
     @pass_app
     def version_list(app: App, definition_id: str | None, as_json: bool) -> None:
         """List image versions (of one image definition, or all)."""
-        with _store(app) as store:
+        with open_store(app) as store:
             vs = store.galleries.list_versions(definition_id)
-            _emit(as_json, [v.to_json() for v in vs], lambda: _version_rows(vs))
+            emit(as_json, [v.to_json() for v in vs], lambda: _version_rows(vs))
 
     @version.command("show")
     @click.argument("version_id")
-    @_json_opt
+    @json_option
     @pass_app
     def version_show(app: App, version_id: str, as_json: bool) -> None:
         """Show a version (`.../versions/latest` or a definition id: its latest)."""
-        with _store(app) as store:
+        with open_store(app) as store:
             v = store.galleries.resolve_version(version_id)
-            _emit(as_json, v.to_json(), lambda: _version_rows([v]))
+            emit(as_json, v.to_json(), lambda: _version_rows([v]))
 
     @version.command("delete")
     @click.argument("version_id")
@@ -370,14 +337,14 @@ def register_gallery(cli: click.Group) -> None:
         rid = ids.parse(version_id, ids.GALLERY_IMAGE_VERSION, what="image version id")
         if rid.name.lower() == "latest":
             raise InvalidInput("delete a version by its number, not 'latest'", hint="kiln gallery image-version list DEF_ID")
-        with _store(app) as store:
+        with open_store(app) as store:
             click.echo(f"deleted {store.galleries.delete_version(rid).id}")
 
 
 # ---------------------------------------------------------------- run outputs, regions, gc
 
 
-def _output_rows(outs: list[Any]) -> tuple[Sequence[str], list[Sequence[str]]]:
+def _output_rows(outs: list[Any]) -> Rows:
     return (("NAME", "TYPE", "STATE", "ARTIFACT", "RUN", "ERROR"),
             [(o.name, o.target_type, o.provisioning_state, o.artifact_id or o.artifact_uri, o.run_id[:12], o.error[:80])
              for o in outs])
@@ -390,48 +357,48 @@ def register_misc(cli: click.Group) -> None:
 
     @run_output.command("list")
     @click.argument("template_id")
-    @_json_opt
+    @json_option
     @pass_app
     def run_output_list(app: App, template_id: str, as_json: bool) -> None:
         """The run outputs of TEMPLATE_ID (for each runOutputName, the latest run's)."""
-        with _store(app) as store:
+        with open_store(app) as store:
             outs = store.runs.outputs(template_id)
-            _emit(as_json, {"value": [o.to_json() for o in outs]}, lambda: _output_rows(outs))
+            emit(as_json, {"value": [o.to_json() for o in outs]}, lambda: _output_rows(outs))
 
     @run_output.command("show")
     @click.argument("run_output_id")
-    @_json_opt
+    @json_option
     @pass_app
     def run_output_show(app: App, run_output_id: str, as_json: bool) -> None:
         """Show one run output (.../imageTemplates/T/runOutputs/NAME)."""
-        with _store(app) as store:
+        with open_store(app) as store:
             o = store.runs.output(run_output_id)
-            _emit(as_json, o.to_json(), lambda: _output_rows([o]))
+            emit(as_json, o.to_json(), lambda: _output_rows([o]))
 
     @cli.group("region")
     def region() -> None:
         """Regions: where images are replicated."""
 
     @region.command("list")
-    @_json_opt
+    @json_option
     @pass_app
     def region_list(app: App, as_json: bool) -> None:
         """List the configured regions."""
         regions = app.config.regions
         data = [{"name": r.name, "kind": r.kind, "path": r.path if r.kind == "folder" else "",
                  "container": r.container} for r in regions]
-        _emit(as_json, data, lambda: (("NAME", "KIND", "WHERE"),
+        emit(as_json, data, lambda: (("NAME", "KIND", "WHERE"),
                                       [(r.name, r.kind, r.path if r.kind == "folder" else r.container) for r in regions]))
 
     @cli.command("gc")
-    @_json_opt
+    @json_option
     @pass_app
     def gc_cmd(app: App, as_json: bool) -> None:
         """Remove blobs and replicas nothing references (never one a live run uses) and leftover temp files."""
-        with _store(app) as store:
-            report = store.gc(_monitor(app))
+        with open_store(app) as store:
+            report = store.gc(make_monitor(app))
             if as_json:
-                click.echo(json.dumps(report.to_json(), indent=2))
+                print_json(report.to_json())
             else:
                 click.echo(f"removed {len(report.blobs)} blob(s), {len(report.replicas)} replica(s), "
                            f"{len(report.temp_files)} temporary file(s); freed {_size(report.bytes_freed)}")
@@ -442,14 +409,14 @@ def register_misc(cli: click.Group) -> None:
 
     @store_group.command("check")
     @click.option("--quick", is_flag=True, help="Do not re-hash blob contents.")
-    @_json_opt
+    @json_option
     @pass_app
     def store_check(app: App, quick: bool, as_json: bool) -> None:
         """Check the catalog against the blobs and regions: exit 1 if anything is inconsistent."""
-        with _store(app) as store:
+        with open_store(app) as store:
             problems = store.check(verify_data=not quick)
         if as_json:
-            click.echo(json.dumps({"ok": not problems, "problems": problems}, indent=2))
+            print_json({"ok": not problems, "problems": problems})
         else:
             for p in problems:
                 click.echo(p)

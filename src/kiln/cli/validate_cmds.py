@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from kiln.cli import App, pass_app
+from kiln.cli.common import print_json
 from kiln.errors import InvalidInput, Problem, ValidationFailed
-from kiln.template.load import load_template, read_json
-from kiln.template.model import ImageTemplate, PlatformImageSource
+
+if TYPE_CHECKING:
+    from kiln.template.model import ImageTemplate
 
 
 def parse_parameters(values: tuple[str, ...]) -> dict[str, str]:
@@ -23,6 +26,8 @@ def parse_parameters(values: tuple[str, ...]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in values:
         if item.startswith("@"):
+            from kiln.template.load import read_json
+
             data = read_json(Path(item[1:]))
             params = data.get("parameters") if isinstance(data, dict) else None
             if not isinstance(params, dict):
@@ -41,6 +46,8 @@ def parse_parameters(values: tuple[str, ...]) -> dict[str, str]:
 
 def describe(t: ImageTemplate) -> str:
     """One line: name, source, number of customizers, targets."""
+    from kiln.template.model import PlatformImageSource
+
     src = t.source
     if isinstance(src, PlatformImageSource):
         source = f"{src.type} {src.publisher}:{src.offer}:{src.sku}:{src.version}"
@@ -59,6 +66,8 @@ def register(cli: click.Group) -> None:
     @pass_app
     def validate(app: App, files: tuple[Path, ...], as_json: bool, params: tuple[str, ...]) -> None:
         """Validate image templates (bare, REST body or ARM deployment) and report every problem."""
+        from kiln.template.load import load_template
+
         problems: list[Problem] = []
         try:
             parameters = parse_parameters(params)
@@ -76,7 +85,7 @@ def register(cli: click.Group) -> None:
                 for t in templates:
                     click.echo(f"OK {path}: {describe(t)}")
         if as_json:
-            click.echo(json.dumps([p.to_json() for p in problems], indent=2))
+            print_json([p.to_json() for p in problems])
             if problems:
                 raise click.exceptions.Exit(ValidationFailed.exit_code)
             return
