@@ -71,6 +71,8 @@ def run(base: Path, runs: int, home: Path) -> None:
         kiln_runs.append(timed(kiln_argv("build", "--no-validate", str(tpl)), env=env, log=base / f"kiln-{i}.log"))
         set_mkosi_marker(project, f"change-{i}")
         mkosi_runs.append(timed(["mkosi", "-f", "build"], cwd=project, log=base / f"mkosi-{i}.log"))
+        if "Basing off cached image" not in (base / f"mkosi-{i}.log").read_text(errors="replace"):
+            raise SystemExit(f"mkosi did not use its incremental cache (see {base / f'mkosi-{i}.log'})")
         print(f"run {i + 1}: kiln {kiln_runs[-1]}, mkosi {mkosi_runs[-1]} ({load()})", flush=True)
     report("Rebuild after a customizer change: kiln --no-validate (cached root) vs mkosi 14 Incremental=yes",
            [("mkosi 14 `Incremental=yes` rebuild", mkosi_runs), ("kiln build --no-validate, cached root", kiln_runs)],

@@ -18,7 +18,7 @@ import pytest
 
 from kiln.config import Config, load_config
 from kiln.events import NullMonitor
-from kiln.sources.bootstrap import cache_entry, platform_root, unpack_root
+from kiln.sources.bootstrap import cache_entry, platform_root, unpack_root, wait_for_cache_writes
 from kiln.sources.roottree import RootTree
 from kiln.template.model import PlatformImageSource
 
@@ -55,6 +55,7 @@ def bootstrap_debian12(dest_parent: Path) -> CachedRoot:
     if not config.debian_mirror:
         pytest.skip("the host has no Debian mirror in its apt sources")
     tree = platform_root(DEBIAN12, config=config, dest=dest_parent / "root", monitor=NullMonitor())
+    wait_for_cache_writes()  # the pristine root is written to the cache in the background
     assert tree.cache_key
     return CachedRoot(tree, cache_entry(config, tree.cache_key), config)
 

@@ -17,7 +17,9 @@ instead of once per package that carries an initramfs hook (platform-hooks.sh sa
 
 A cache entry is written under a temporary name and renamed when complete, so a killed bootstrap
 never leaves an entry that looks valid; an exclusive lock per key makes two concurrent builds
-of the same source bootstrap once.
+of the same source bootstrap once. The bootstrap happens in scratch space (RAM when there is room,
+see kiln.build.scratch); the build continues with its own copy while the pristine tree is written
+into the cache in the background.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ import json
 import os
 import shlex
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
 from dataclasses import asdict
 from pathlib import Path
+from typing import IO
 
 from kiln.config import Config
 from kiln.errors import InvalidInput
@@ -94,19 +96,66 @@ def platform_root(source: PlatformImageSource, *, config: Config, dest: Path, mo
     key = cache_key(recipe, release)
     cache = roots_cache(config)
     cache.mkdir(parents=True, exist_ok=True)
-    with _key_lock(cache / f"{key}.lock"):
+    lock = _KeyLock(cache / f"{key}.lock")
+    try:
         entry = cache_entry(config, key)
         if entry.is_dir():
             monitor.log(f"cached root {entry.name} (exactVersion {release.exact_version}): copying", name="source")
             unpack_root(entry, dest)
+            lock.release()
         else:
             monitor.log(f"no cached root for key {key[:16]}…: bootstrapping {recipe.suite}", name="source")
-            debs = debs_cache(config, recipe)
-            bootstrap(recipe, dest, monitor, debs=debs)
-            keep_debs(dest, debs)
-            store_root(dest, entry, meta={"exact_version": release.exact_version, "recipe": asdict(recipe)})
-            monitor.log(f"cached the root as {entry}", name="source")
+            _bootstrap_and_cache(recipe, entry, dest, lock, monitor, debs=debs_cache(config, recipe),
+                                 meta={"exact_version": release.exact_version, "recipe": asdict(recipe)})
+    except BaseException:
+        lock.release()
+        raise
     return RootTree(path=dest, os_release=read_os_release(dest), exact_version=release.exact_version, cache_key=key)
+
+
+def _bootstrap_and_cache(recipe: Recipe, entry: Path, dest: Path, lock: _KeyLock, monitor: Monitor, *,
+                         debs: Path, meta: dict) -> None:
+    """Bootstrap a pristine root in scratch space, give the build its own copy at `dest`, and write
+    the pristine one into the cache in the background (it is on the critical path otherwise: a few
+    seconds of disk writes while the build could be customizing). The key stays locked until the
+    entry is complete; kiln waits for the writer before it exits (a non-daemon thread)."""
+    from kiln.build.scratch import ScratchDir
+
+    pristine = ScratchDir.create(entry.parent, f"bootstrap-{entry.name[:12]}")
+    try:
+        tree = pristine.path / "root"
+        bootstrap(recipe, tree, monitor, debs=debs)
+        keep_debs(tree, debs)
+        copy_tree(tree, dest)
+    except BaseException:
+        pristine.remove()
+        raise
+
+    def write_cache() -> None:
+        try:
+            store_root(tree, entry, meta)
+        except Exception:  # nothing is cached (no partial entry either): the next build bootstraps again
+            pass
+        finally:
+            pristine.remove()
+            lock.release()
+
+    # The run's log may be closed by the time the writer finishes: say it now.
+    monitor.log(f"caching the root as {entry} (in the background)", name="source")
+
+    writer = threading.Thread(target=write_cache, name="kiln-root-cache", daemon=False)
+    _WRITERS.append(writer)
+    writer.start()
+
+
+_WRITERS: list[threading.Thread] = []
+
+
+def wait_for_cache_writes(timeout: float | None = None) -> None:
+    """Block until roots being written to the cache are complete (tests; kiln's exit does it too)."""
+    for t in list(_WRITERS):
+        t.join(timeout)
+    _WRITERS[:] = [t for t in _WRITERS if t.is_alive()]
 
 
 def bootstrap(recipe: Recipe, dest: Path, monitor: Monitor, *, debs: Path | None = None) -> None:
@@ -177,7 +226,10 @@ def store_root(root: Path, entry: Path, meta: dict) -> None:
     """Copy `root` to the cache `entry` (a directory): under a temporary name, renamed when complete."""
     tmp = entry.with_name(f".partial-{os.getpid()}-{entry.name}")
     try:
-        copy_tree(root, tmp)
+        if os.stat(root).st_dev == os.stat(entry.parent).st_dev:
+            os.rename(root, tmp)  # the pristine tree was bootstrapped on the cache's filesystem
+        else:
+            copy_tree(root, tmp)
         entry.with_name(entry.name + ".json").write_text(json.dumps(meta, indent=2) + "\n")
         os.rename(tmp, entry)
     finally:
@@ -206,11 +258,16 @@ def _run_logged(cmd: list[str], monitor: Monitor) -> None:
         raise CommandFailed(cmd, result.returncode, ("timed out\n" if result.timed_out else "") + result.tail)
 
 
-@contextmanager
-def _key_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # released by the kernel if kiln dies
-        try:
-            yield
-        finally:
+class _KeyLock:
+    """An exclusive lock on one cache key; released by the kernel if kiln dies. Release is idempotent
+    (the cache writer thread releases it when the entry is complete)."""
+
+    def __init__(self, path: Path) -> None:
+        self._fh: IO[str] | None = path.open("a")
+        fcntl.flock(self._fh, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        fh, self._fh = self._fh, None
+        if fh is not None:
             fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
