@@ -73,6 +73,9 @@ class Factory:
                 return g
         return None
 
+    def has_golden(self, image_path: str) -> bool:
+        return self.golden(image_path) is not None
+
 
 def normalize_path(text: str) -> str:
     return "/".join(p for p in text.replace("\\", "/").split("/") if p not in ("", "."))

@@ -12,17 +12,24 @@ lab's region gets it through `Regions.replicate` (reflink or hardlink on one fil
 another region gets a verified replica there, which lifts Azure's same-region restriction). The
 catalog row is written only after the region holds complete, verified bytes, in one transaction, so
 a lab never lists an incomplete image and a killed publish is finished by publishing again.
+
+Publishing is two halves so that many publishes can share one transaction: `prepare_image` checks
+the request and puts the bytes in the lab's region (the slow, parallel part), `commit_images` lists
+any number of prepared images in one write transaction (one fsync for all of them). A prepared
+image is only a promise that its bytes are in place; nothing lists it until it is committed.
+`publish_image` is one of each.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kiln import ids
-from kiln.errors import InvalidInput, NotFound
+from kiln.errors import InvalidInput, KilnError, NotFound
 from kiln.events import Monitor, NullMonitor
 from kiln.ids import ResourceId
 from kiln.store.blobs import Blob, BlobStore, DiskRef
@@ -106,6 +113,24 @@ class LabCustomImage:
         }
 
 
+@dataclass(frozen=True)
+class PendingImage:
+    """A custom image whose bytes are complete in its lab's region, not yet listed by the lab."""
+
+    id: ResourceId
+    lab: Lab
+    digest: str
+    os_type: str
+    os_state: str
+    description: str
+    author: str
+    image_path: str
+    boot_tested: bool
+    source: str
+    tags: dict[str, str]
+    created: float
+
+
 def lab_id(text: str | ResourceId, *, path: str = "", file: str = "") -> ResourceId:
     return text if isinstance(text, ResourceId) else ids.parse(text, ids.LAB, what="lab id", path=path, file=file)
 
@@ -136,18 +161,24 @@ class Labs:
 
     def create(self, lab: str | ResourceId, location: str) -> Lab:
         """Create a lab in a configured region (idempotent when it exists there already)."""
-        rid = lab_id(lab)
+        return self.create_many([lab], location)[0]
+
+    def create_many(self, labs: Sequence[str | ResourceId], location: str) -> list[Lab]:
+        """Create labs in a configured region, all in one transaction (one fsync however many there
+        are). Labs that exist there already are kept; one that exists in another region is refused
+        and then none is created."""
+        rids = [lab_id(lab) for lab in labs]
         region = self.regions.get(location)
         with self.catalog.write() as db:
-            row = db.execute("SELECT * FROM labs WHERE key = ?", (rid.key,)).fetchone()
-            if row is not None:
-                if row["location"].lower() != region.name.lower():
+            for rid in rids:
+                row = db.execute("SELECT location FROM labs WHERE key = ?", (rid.key,)).fetchone()
+                if row is None:
+                    db.execute("INSERT INTO labs (key, id, location, created) VALUES (?, ?, ?, ?)",
+                               (rid.key, str(rid), region.name, now()))
+                elif row["location"].lower() != region.name.lower():
                     raise InvalidInput(f"lab {rid} already exists in {row['location']}",
                                        hint="a lab stays in its region; delete it first to move it")
-                return self._lab(row)
-            db.execute("INSERT INTO labs (key, id, location, created) VALUES (?, ?, ?, ?)",
-                       (rid.key, str(rid), region.name, now()))
-        return self.get(rid)
+        return [self.get(rid) for rid in rids]
 
     def find(self, lab: str | ResourceId) -> Lab | None:
         row = self.catalog.one("SELECT * FROM labs WHERE key = ?", (lab_id(lab).key,))
@@ -215,9 +246,67 @@ class Labs:
             db.execute("DELETE FROM lab_custom_images WHERE key = ?", (found.id.key,))
         return found
 
+    def prepare_image(
+        self,
+        lab: str | ResourceId | Lab,
+        name: str,
+        blob: Blob,
+        *,
+        os_type: str = "Linux",
+        os_state: str = "Generalized",
+        description: str = "",
+        author: str = AUTHOR,
+        image_path: str = "",
+        boot_tested: bool = False,
+        source: str = "",
+        tags: dict[str, str] | None = None,
+        created: float | None = None,
+        monitor: Monitor | None = None,
+    ) -> PendingImage:
+        """Check a publish and put `blob` in the lab's region (verified, never copied twice); the
+        lab lists it only once `commit_images` has written its row. An image of that name with
+        other content is refused here (and again, under the write lock, at commit)."""
+        found = lab if isinstance(lab, Lab) else self.get(lab)
+        rid = found.id.child("customimages", check_image_name(name))
+        pending = PendingImage(rid, found, blob.digest, choice(os_type, OS_TYPES, "os type"),
+                               choice(os_state, OS_STATES, "os state"), description, author, image_path,
+                               boot_tested, source, dict(tags or {}), created if created is not None else now())
+        row = self.catalog.one("SELECT digest FROM lab_custom_images WHERE key = ?", (rid.key,))
+        if row is not None:
+            if row["digest"] != blob.digest:
+                raise _taken(rid)
+            return pending  # listed already: commit has nothing to do, and the region has the bytes
+        self.regions.replicate(blob, found.location, monitor or NullMonitor())
+        return pending
+
+    def commit_images(self, pending: Sequence[PendingImage]) -> list[KilnError | None]:
+        """List prepared images, all in one write transaction. Each gets its own outcome (None: it
+        is listed, now or before): an image whose name was taken meanwhile by other content, or
+        whose lab or blob was deleted meanwhile, fails alone and the others are still listed."""
+        outcomes: list[KilnError | None] = []
+        with self.catalog.write() as db:
+            for p in pending:
+                row = db.execute("SELECT digest FROM lab_custom_images WHERE key = ?", (p.id.key,)).fetchone()
+                if row is not None:
+                    outcomes.append(None if row["digest"] == p.digest else _taken(p.id))
+                elif db.execute("SELECT 1 FROM labs WHERE key = ?", (p.lab.id.key,)).fetchone() is None:
+                    outcomes.append(NotFound(f"lab {p.lab.id} was deleted while its image was published"))
+                elif db.execute("SELECT 1 FROM blobs WHERE digest = ?", (p.digest,)).fetchone() is None:
+                    outcomes.append(KilnError(f"blob {p.digest} left the store while it was published",
+                                              hint="publish it again"))
+                else:
+                    db.execute(
+                        "INSERT INTO lab_custom_images (key, id, lab_key, name, os_type, os_state, description, author,"
+                        " image_path, digest, boot_tested, source, tags, created)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (p.id.key, str(p.id), p.lab.id.key, p.id.name, p.os_type, p.os_state, p.description, p.author,
+                         p.image_path, p.digest, int(p.boot_tested), p.source, dumps(p.tags), p.created))
+                    outcomes.append(None)
+        return outcomes
+
     def publish_image(
         self,
-        lab: str | ResourceId,
+        lab: str | ResourceId | Lab,
         name: str,
         blob: Blob,
         *,
@@ -235,27 +324,15 @@ class Labs:
         """Make the lab offer `blob` as custom image `name`: the lab's region gets the bytes first
         (verified, never copied twice), then the row appears in one transaction. Publishing the same
         blob under the same name again is a no-op; another blob under a taken name is refused."""
-        monitor = monitor or NullMonitor()
-        found = self.get(lab)
-        rid = found.id.child("customimages", check_image_name(name))
-        os_type = choice(os_type, OS_TYPES, "os type")
-        os_state = choice(os_state, OS_STATES, "os state")
-        existing = self.find_image(rid)
-        if existing is not None:
-            if existing.digest == blob.digest:
-                return existing
-            raise InvalidInput(f"custom image {rid} already exists with other content",
-                               hint="pick another name or delete the image first")
-        self.regions.replicate(blob, found.location, monitor)
-        with self.catalog.write() as db:
-            row = db.execute("SELECT digest FROM lab_custom_images WHERE key = ?", (rid.key,)).fetchone()
-            if row is None:
-                db.execute(
-                    "INSERT INTO lab_custom_images (key, id, lab_key, name, os_type, os_state, description, author,"
-                    " image_path, digest, boot_tested, source, tags, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (rid.key, str(rid), found.id.key, name, os_type, os_state, description, author, image_path,
-                     blob.digest, int(boot_tested), source, dumps(tags or {}), created if created is not None else now()))
-            elif row["digest"] != blob.digest:
-                raise InvalidInput(f"custom image {rid} already exists with other content",
-                                   hint="pick another name or delete the image first")
-        return self.get_image(rid)
+        pending = self.prepare_image(lab, name, blob, os_type=os_type, os_state=os_state, description=description,
+                                     author=author, image_path=image_path, boot_tested=boot_tested, source=source,
+                                     tags=tags, created=created, monitor=monitor)
+        (error,) = self.commit_images([pending])
+        if error is not None:
+            raise error
+        return self.get_image(pending.id)
+
+
+def _taken(rid: ResourceId) -> InvalidInput:
+    return InvalidInput(f"custom image {rid} already exists with other content",
+                        hint="pick another name or delete the image first")
