@@ -267,7 +267,10 @@ class VirtualMachine:
         else:
             boot_disk, boot_fmt = self.disk, self.fmt
         self.accel = detect_accel()
-        accel = ["-accel", "kvm", "-cpu", "host"] if self.accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        # cx16=off: QEMU 7.2's TCG emulation of cmpxchg16b corrupts the SLUB allocator of Linux 6.12
+        # (Debian 13 guests panic in __kmalloc/mtree_load in most boots); without it SLUB falls back.
+        tcg_cpu = "max,cx16=off"
+        accel = ["-accel", "kvm", "-cpu", "host"] if self.accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", tcg_cpu]
         argv = [
             QEMU, "-name", "kiln-vm", "-machine", "q35", *accel, "-smp", str(self.cpus), "-m", str(self.memory_mib),
             "-nodefaults", "-display", "none", "-no-reboot", "-monitor", "none",
