@@ -55,9 +55,9 @@ def _load(app: App, config_dir: Path, artifact_repos: tuple[Path, ...], factory_
 
 
 def _factory_lab(app: App, store: Any, factory_lab: str, location: str | None) -> Any:
-    from kiln.factory import ensure_lab
+    from kiln import ids
 
-    return ensure_lab(store, factory_lab, _location(app, location))
+    return store.labs.ensure(ids.parse(factory_lab, ids.LAB, what="factory lab id"), _location(app, location))
 
 
 # ---------------------------------------------------------------- factory steps (shared by run)
@@ -219,8 +219,15 @@ def register_factory(cli: click.Group) -> None:
     @pass_app
     def distribute(app: App, config_dir: Path, jobs, create_labs_in, include_unverified, artifact_repos, factory_lab,
                    location, as_json) -> None:
-        """Publish each factory image into every lab whose ImagePaths select it (skips what labs have)."""
-        f = _load(app, config_dir, artifact_repos, factory_lab, location)
+        """Publish each factory image into every lab whose ImagePaths select it (skips what labs have).
+
+        Reads Labs.json and which golden images exist; the golden templates are not compiled (the
+        images are built already), so --artifact-repo is accepted but not needed."""
+        from kiln import ids
+        from kiln.factory.config import load_labs
+
+        ids.parse(factory_lab, ids.LAB, what="factory lab id")
+        f = load_labs(config_dir)
         _do_distribute(app, f, factory_lab, location, jobs or 20, create_labs_in, include_unverified, as_json)
 
     @factory.command("retire")

@@ -26,7 +26,7 @@ def parse_parameters(values: tuple[str, ...]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in values:
         if item.startswith("@"):
-            from kiln.template.load import read_json
+            from kiln.jsonfile import read_json
 
             data = read_json(Path(item[1:]))
             params = data.get("parameters") if isinstance(data, dict) else None

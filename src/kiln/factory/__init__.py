@@ -1,6 +1,7 @@
 """The DevTest Labs image factory: golden images → factory lab → every lab in Labs.json.
 
     factory = load_factory(CONFIG_DIR, config)                   # kiln.factory.config
+    labs = load_labs(CONFIG_DIR)       → what distribution reads # kiln.factory.config
     build_golden_images(factory, ...)  → staging images          # kiln.factory.build
     save_images(store, factory_lab, ...) → factory lab images    # kiln.factory.build
     distribute_images(...)             → every lab's images      # kiln.factory.distribute
@@ -23,14 +24,15 @@ DEFAULT_FACTORY_LAB = "/subscriptions/00000000-0000-0000-0000-000000000000/resou
 
 _WHERE = {
     "build_golden_images": "build", "ensure_lab": "build", "save_images": "build",
-    "Factory": "config", "GoldenImage": "config", "LabSpec": "config", "load_factory": "config",
+    "Factory": "config", "FactoryLabs": "config", "GoldenImage": "config", "LabSpec": "config",
+    "load_factory": "config", "load_labs": "config",
     "distribute_images": "distribute", "target_labs": "distribute",
     "cleanup": "retire", "plan_retirement": "retire", "retire": "retire",
 }
 
 if TYPE_CHECKING:
     from kiln.factory.build import build_golden_images, ensure_lab, save_images
-    from kiln.factory.config import Factory, GoldenImage, LabSpec, load_factory
+    from kiln.factory.config import Factory, FactoryLabs, GoldenImage, LabSpec, load_factory, load_labs
     from kiln.factory.distribute import distribute_images, target_labs
     from kiln.factory.retire import cleanup, plan_retirement, retire
 
@@ -49,5 +51,6 @@ def __getattr__(name: str) -> Any:
     return globals()[name]
 
 
-__all__ = ["DEFAULT_FACTORY_LAB", "Factory", "GoldenImage", "LabSpec", "build_golden_images", "cleanup", "distribute_images",
-           "ensure_lab", "load_factory", "plan_retirement", "retire", "save_images", "target_labs"]
+__all__ = ["DEFAULT_FACTORY_LAB", "Factory", "FactoryLabs", "GoldenImage", "LabSpec", "build_golden_images", "cleanup",
+           "distribute_images", "ensure_lab", "load_factory", "load_labs", "plan_retirement", "retire", "save_images",
+           "target_labs"]

@@ -14,21 +14,30 @@ golden image below it), matched by whole path segments (`Win2016` does not selec
 malformed files, duplicate labs, ImagePaths that match nothing or escape the folder. Commands that
 delete (retire) run only on a configuration that loads cleanly, so a broken configuration never
 deletes anything.
+
+`load_labs` is what distribution reads: Labs.json, checked exactly as `load_factory` checks it,
+and which golden images exist, each file read as JSON but not compiled into a template.
+Distribution publishes images that are already built and boot-tested, so their templates do not
+change what it publishes (building checks them in full); a configuration that is half edited
+(a golden file that does not parse, Labs.json naming a path that does not exist) still stops it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kiln import ids
 from kiln.config import Config
 from kiln.errors import Problem, ValidationFailed
-from kiln.factory import dtl
 from kiln.ids import ResourceId
-from kiln.template.load import load_template_data, read_json
-from kiln.template.model import ImageTemplate
+from kiln.jsonfile import read_json
+
+if TYPE_CHECKING:
+    # The template compiler is imported where it is used (`_load_one`): it is most of kiln's
+    # start-up time, and `load_labs` needs none of it.
+    from kiln.template.model import ImageTemplate
 
 GOLDEN_DIR = "GoldenImages"
 LABS_FILE = "Labs.json"
@@ -77,6 +86,19 @@ class Factory:
         return self.golden(image_path) is not None
 
 
+@dataclass(frozen=True)
+class FactoryLabs:
+    """What distribution reads of a configuration folder (see `load_labs`)."""
+
+    root: Path
+    image_paths: tuple[str, ...]  # the golden images that exist, as ImagePaths
+    labs: tuple[LabSpec, ...]
+
+    def has_golden(self, image_path: str) -> bool:
+        wanted = normalize_path(image_path).lower()
+        return any(p.lower() == wanted for p in self.image_paths)
+
+
 def normalize_path(text: str) -> str:
     return "/".join(p for p in text.replace("\\", "/").split("/") if p not in ("", "."))
 
@@ -89,11 +111,8 @@ def path_selects(selector: str, image_path: str) -> bool:
 def load_factory(root: Path, config: Config, *, artifact_repos: tuple[Path, ...] = (),
                  lab_name: str = "ImageFactory", location: str = "westus2") -> Factory:
     """Read and check the whole configuration folder (raises ValidationFailed with every problem)."""
-    root = Path(root).absolute()
+    root = _config_root(root)
     problems: list[Problem] = []
-    if not root.is_dir():
-        raise ValidationFailed([Problem("the configuration folder does not exist", "", str(root),
-                                        f"give the folder that holds {GOLDEN_DIR}/ and {LABS_FILE}")])
     repos = artifact_repos or ((root / ARTIFACTS_DIR,) if (root / ARTIFACTS_DIR).is_dir() else ())
     golden = _load_golden(root / GOLDEN_DIR, config, repos, lab_name, location, problems)
     labs = _load_labs(root / LABS_FILE, root / GOLDEN_DIR, problems)
@@ -102,24 +121,61 @@ def load_factory(root: Path, config: Config, *, artifact_repos: tuple[Path, ...]
     return Factory(root, tuple(golden), tuple(labs), tuple(repos))
 
 
-def _load_golden(folder: Path, config: Config, repos: tuple[Path, ...], lab_name: str, location: str,
-                 problems: list[Problem]) -> list[GoldenImage]:
+def load_labs(root: Path) -> FactoryLabs:
+    """Labs.json and which golden images exist, for distribution (raises ValidationFailed with every problem)."""
+    root = _config_root(root)
+    problems: list[Problem] = []
+    image_paths = []
+    for f, image_path in _golden_files(root / GOLDEN_DIR, problems):
+        try:
+            data = read_json(f)
+        except ValidationFailed as e:
+            problems.extend(e.problems)
+            continue
+        if not isinstance(data, dict):
+            problems.append(Problem("a golden image file holds one JSON object", "", str(f),
+                                    "an image template, or a DevTest Labs VM template"))
+            continue
+        image_paths.append(image_path)
+    labs = _load_labs(root / LABS_FILE, root / GOLDEN_DIR, problems)
+    if problems:
+        raise ValidationFailed(problems)
+    return FactoryLabs(root, tuple(image_paths), tuple(labs))
+
+
+def _config_root(root: Path) -> Path:
+    root = Path(root).absolute()
+    if not root.is_dir():
+        raise ValidationFailed([Problem("the configuration folder does not exist", "", str(root),
+                                        f"give the folder that holds {GOLDEN_DIR}/ and {LABS_FILE}")])
+    return root
+
+
+def _golden_files(folder: Path, problems: list[Problem]) -> list[tuple[Path, str]]:
+    """(file, ImagePath) of every golden image file, sorted by ImagePath; links out of the folder are problems."""
     if not folder.is_dir():
         problems.append(Problem(f"there is no {GOLDEN_DIR} folder", "", str(folder),
                                 "the configuration folder holds GoldenImages/ with one .json per golden image"))
         return []
-    found: list[GoldenImage] = []
     files = sorted(folder.rglob("*.json"), key=lambda p: p.relative_to(folder).as_posix().lower())
     if not files:
         problems.append(Problem("no golden image (.json) in the folder", "", str(folder),
                                 "add one image template or DevTest Labs VM template per golden image"))
     real_root = folder.resolve()
+    found = []
     for f in files:
-        image_path = f.relative_to(folder).as_posix()
         if not f.resolve().is_relative_to(real_root):
             problems.append(Problem("the golden image is a link that leads outside the GoldenImages folder", "", str(f),
                                     "keep golden images inside the configuration folder"))
             continue
+        found.append((f, f.relative_to(folder).as_posix()))
+    return found
+
+
+def _load_golden(folder: Path, config: Config, repos: tuple[Path, ...], lab_name: str, location: str,
+                 problems: list[Problem]) -> list[GoldenImage]:
+    found: list[GoldenImage] = []
+    for f, image_path in _golden_files(folder, problems):
         golden = _load_one(f, image_path, config, repos, lab_name, location, problems)
         if golden is not None:
             found.append(golden)
@@ -133,6 +189,9 @@ def _name_for(image_path: str) -> str:
 
 def _load_one(f: Path, image_path: str, config: Config, repos: tuple[Path, ...], lab_name: str, location: str,
               problems: list[Problem]) -> GoldenImage | None:
+    from kiln.factory import dtl
+    from kiln.template.load import load_template_data
+
     try:
         data = read_json(f)
     except ValidationFailed as e:

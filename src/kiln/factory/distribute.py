@@ -1,6 +1,7 @@
 """Fan-out: every lab in Labs.json gets the factory lab's images its ImagePaths select.
 
-The plan is (lab × image) pairs: each factory custom image that passed its boot test, for each lab
+The configuration is a `Factory` or, for `kiln factory distribute` alone, the lighter `FactoryLabs`
+(Labs.json and which golden images exist). The plan is (lab × image) pairs: each factory custom image that passed its boot test, for each lab
 whose ImagePaths select the image's ImagePath. A pair the lab already holds (same name, same bytes)
 is *skipped*, so a rerun after an interruption does only what is missing. The rest are *jobs*, run
 up to `max_jobs` at once in threads. A job is one lab image, published in two halves
@@ -32,7 +33,7 @@ from kiln.store.db import GroupCommit
 from kiln.store.labs import Lab, LabCustomImage, PendingImage
 
 if TYPE_CHECKING:
-    from kiln.factory.config import Factory
+    from kiln.factory.config import Factory, FactoryLabs
     from kiln.store.blobs import Blob
 
 
@@ -56,7 +57,7 @@ class DistributionReport:
                 "failed": [{"image": i, "error": e} for i, e in self.failed], "maxInFlight": self.max_in_flight}
 
 
-def target_labs(store, factory: Factory, factory_lab: Lab, *, create_in: str | None = None) -> list[Lab]:
+def target_labs(store, factory: Factory | FactoryLabs, factory_lab: Lab, *, create_in: str | None = None) -> list[Lab]:
     """The catalog labs behind Labs.json (created in `create_in` if missing, in one transaction;
     else all missing ones are an error)."""
     specs = [spec for spec in factory.labs if spec.id.key != factory_lab.id.key]
@@ -72,7 +73,7 @@ def target_labs(store, factory: Factory, factory_lab: Lab, *, create_in: str | N
     return [known[spec.id.key] for spec in specs]
 
 
-def plan(store, factory: Factory, factory_lab: Lab, labs: list[Lab], *,
+def plan(store, factory: Factory | FactoryLabs, factory_lab: Lab, labs: list[Lab], *,
          include_unverified: bool = False) -> tuple[list[Job], list[str]]:
     """(jobs to run, pairs already there) for every lab × selected factory image."""
     images = [i for i in store.labs.images(factory_lab.id)
@@ -93,8 +94,9 @@ def plan(store, factory: Factory, factory_lab: Lab, labs: list[Lab], *,
     return jobs, skipped
 
 
-def distribute_images(open_store: Callable[[], object], store, factory: Factory, factory_lab: Lab, labs: list[Lab], *,
-                      monitor: Monitor, max_jobs: int = 20, include_unverified: bool = False) -> DistributionReport:
+def distribute_images(open_store: Callable[[], object], store, factory: Factory | FactoryLabs, factory_lab: Lab,
+                      labs: list[Lab], *, monitor: Monitor, max_jobs: int = 20,
+                      include_unverified: bool = False) -> DistributionReport:
     if max_jobs < 1:
         raise InvalidInput(f"--max-concurrent-jobs {max_jobs} must be at least 1")
     jobs, skipped = plan(store, factory, factory_lab, labs, include_unverified=include_unverified)

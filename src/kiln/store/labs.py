@@ -180,6 +180,10 @@ class Labs:
                                        hint="a lab stays in its region; delete it first to move it")
         return [self.get(rid) for rid in rids]
 
+    def ensure(self, lab: str | ResourceId, location: str) -> Lab:
+        """The lab, created in `location` if it does not exist (an existing lab stays in its region)."""
+        return self.find(lab) or self.create(lab, location)
+
     def find(self, lab: str | ResourceId) -> Lab | None:
         row = self.catalog.one("SELECT * FROM labs WHERE key = ?", (lab_id(lab).key,))
         return self._lab(row) if row else None
