@@ -228,6 +228,12 @@ class GroupCommit(Generic[T, R]):
         self._writing = False
         self.batches = 0  # transactions written, for tests and benchmarks
 
+    @property
+    def queued(self) -> int:
+        """Items waiting for the next batch."""
+        with self._cond:
+            return len(self._queue)
+
     def submit(self, item: T, write: Callable[[Sequence[T]], Sequence[R]]) -> R:
         slot: _Slot[T, R] = _Slot(item)
         batch: list[_Slot[T, R]] = []
