@@ -13,7 +13,8 @@ Speed, measured on 2 cores (see docs/benchmarks.md): the bootstrap uses a warm `
 (`Config.cache_dir/debs/<distro>-<suite>/`, seeded into apt's archive by a setup hook and
 refreshed from it afterwards, so a rebuild downloads only what changed on the mirror), keeps the
 docs/man/locale excludes out of mmdebstrap's Python tar filter, and builds the initramfs once
-instead of once per package that carries an initramfs hook (platform-hooks.sh says how).
+instead of once per package that carries an initramfs hook, while the packages that do not
+affect it are being installed (platform-hooks.sh says how).
 
 A cache entry is written under a temporary name and renamed when complete, so a killed bootstrap
 never leaves an entry that looks valid; an exclusive lock per key makes two concurrent builds
@@ -49,6 +50,23 @@ RECIPE_VERSION = "4"
 SETUP_HOOK = Path(__file__).with_name("platform-setup.sh")
 SPEED_HOOKS = Path(__file__).with_name("platform-hooks.sh")
 BOOTSTRAP_TIMEOUT_S = 3600
+
+# Packages that put something into an initramfs (hooks, the binaries it copies, its config) are
+# installed by mmdebstrap itself; the rest of a recipe's packages are installed by the customize
+# hook while the initramfs is built (platform-hooks.sh), which also rebuilds it should one of
+# them have changed what goes in after all. So this list is about speed, not correctness.
+_INITRAMFS_PACKAGES = frozenset({
+    "initramfs-tools", "udev", "kmod", "zstd", "busybox", "klibc-utils", "dmsetup", "lvm2", "mdadm",
+    "cryptsetup-initramfs", "e2fsprogs", "btrfs-progs", "xfsprogs", "plymouth",
+    "systemd",  # pulls in dmsetup (libcryptsetup -> libdevmapper), which has an initramfs hook
+})
+
+
+def split_packages(packages: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(installed before the initramfs is built, installed while it is built)."""
+    first = [p for p in packages if p.startswith("linux-") or p in _INITRAMFS_PACKAGES]
+    return first, [p for p in packages if p not in first]
+
 
 # Docs, man pages and translations are not installed (as in Ubuntu's minimal images): they cost
 # dpkg time and space and nothing on a server reads them. Licences stay. platform-hooks.sh
@@ -168,6 +186,7 @@ def bootstrap(recipe: Recipe, dest: Path, monitor: Monitor, *, debs: Path | None
         raise FileExistsError(f"{dest} is not empty")
     mirror_line = f"deb {recipe.mirror} {recipe.suite} {' '.join(recipe.components)}"
     hook = f'sh {SPEED_HOOKS} %s "$1" {shlex.quote(str(debs or "/nonexistent"))}'
+    first, later = split_packages(recipe.packages)
     cmd = [
         # mmdebstrap mounts /proc, /sys and /dev in the new root while it works: give it its own
         # mount and pid namespaces so nothing it mounts is visible on the host or outlives kiln.
@@ -175,7 +194,7 @@ def bootstrap(recipe: Recipe, dest: Path, monitor: Monitor, *, debs: Path | None
         "unshare", "--mount", "--pid", "--fork", "--kill-child=SIGKILL", "--propagation", "private", "--",
         "mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory",
         f"--components={','.join(recipe.components)}",
-        f"--include={','.join(recipe.packages)}",
+        f"--include={','.join(first)}",
         "--dpkgopt=force-unsafe-io",
         '--aptopt=Acquire::Languages "none"',
         # Keep downloaded packages for the cache: essential ones are not unlinked, the archive
@@ -183,7 +202,7 @@ def bootstrap(recipe: Recipe, dest: Path, monitor: Monitor, *, debs: Path | None
         "--skip=essential/unlink", "--skip=download/empty", "--skip=cleanup/apt/cache",
         f"--setup-hook={hook % 'setup'}",
         f"--essential-hook={hook % 'essential'}",
-        f"--customize-hook={hook % 'customize'}",
+        f"--customize-hook={hook % 'customize'} {shlex.quote(','.join(later))}",
         f'--customize-hook=sh {SETUP_HOOK} "$1" {recipe.hostname}',
         recipe.suite, str(dest), mirror_line,
     ]

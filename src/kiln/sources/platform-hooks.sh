@@ -1,9 +1,17 @@
 #!/bin/sh
 # mmdebstrap hooks for kiln's platform bootstrap, run on the host. What they buy is speed; the
 # resulting root is the same as a plain bootstrap's.
-#   $1: stage (setup | essential | customize), $2: the new root, $3: the .deb cache folder
+#   $1: stage (setup | essential | customize), $2: the new root, $3: the .deb cache folder,
+#   $4 (customize): packages to install while the initramfs is built (comma-separated, may be empty)
 set -eu
-STAGE=$1 R=$2 DEBS=$3
+STAGE=$1 R=$2 DEBS=$3 LATER=${4:-}
+
+# What goes into an initramfs besides the kernel and its modules (which come with the kernel
+# package, installed before): initramfs-tools' hooks, scripts and configuration.
+initramfs_inputs() {
+  find "$R/usr/share/initramfs-tools" "$R/etc/initramfs-tools" \
+    -printf '%p %s %T@\n' 2>/dev/null | sort | md5sum
+}
 
 case $STAGE in
 setup)
@@ -41,11 +49,31 @@ essential)
   chmod 755 "$R/usr/sbin/update-initramfs"
   ;;
 customize)
+  # The initramfs is built while the packages that have nothing to do with it (ssh, sudo, curl,
+  # ...) are installed: two processes for two cores instead of one after the other. The no-op
+  # update-initramfs stays in place meanwhile, so those packages' triggers do not start a second
+  # build; if they did change what goes into an initramfs after all, it is built again.
+  real=/usr/sbin/update-initramfs.kiln-real
+  pid=
+  if [ -x "$R$real" ] && ls "$R"/boot/vmlinuz-* >/dev/null 2>&1; then
+    before=$(initramfs_inputs)
+    chroot "$R" "$real" -c -k all &
+    pid=$!
+  fi
+  status=0
+  if [ -n "$LATER" ]; then
+    chroot "$R" env DEBIAN_FRONTEND=noninteractive apt-get install --yes --no-install-recommends \
+      $(echo "$LATER" | tr ',' ' ') || status=$?
+  fi
+  if [ -n "$pid" ]; then
+    wait "$pid" || status=$?
+    if [ "$status" -eq 0 ] && [ "$(initramfs_inputs)" != "$before" ]; then
+      chroot "$R" "$real" -u -k all || status=$?
+    fi
+  fi
   rm -f "$R/usr/sbin/update-initramfs"
   chroot "$R" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
-  if [ -x "$R/usr/sbin/update-initramfs" ] && ls "$R"/boot/vmlinuz-* >/dev/null 2>&1; then
-    chroot "$R" update-initramfs -c -k all
-  fi
+  exit "$status"
   ;;
 *)
   echo "platform-hooks.sh: unknown stage $STAGE" >&2
