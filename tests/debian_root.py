@@ -14,8 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
+from envcheck import unavailable
 from kiln.config import Config, load_config
 from kiln.events import NullMonitor
 from kiln.sources.bootstrap import cache_entry, platform_root, unpack_root, wait_for_cache_writes
@@ -50,10 +49,10 @@ def shared_test_config() -> Config:
 
 def bootstrap_debian12(dest_parent: Path) -> CachedRoot:
     if why := missing_tools():
-        pytest.skip(why)
+        unavailable(why)
     config = shared_test_config()
     if not config.debian_mirror:
-        pytest.skip("the host has no Debian mirror in its apt sources")
+        unavailable("the host has no Debian mirror in its apt sources")
     tree = platform_root(DEBIAN12, config=config, dest=dest_parent / "root", monitor=NullMonitor())
     wait_for_cache_writes()  # the pristine root is written to the cache in the background
     assert tree.cache_key

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from debian_root import bootstrap_debian12
+from envcheck import unavailable
 from kiln.disk.assemble import DiskLayout
 from kiln.disk.boottest import BootReport
 from kiln.events import NullMonitor
@@ -45,7 +46,7 @@ def cached_root_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def debian12_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh, unpacked Debian 12 root tree (shared: tests must not modify it)."""
     if why := _missing_tools():
-        pytest.skip(why)
+        unavailable(why)
     dest = tmp_path_factory.mktemp("debian12") / "root"
     unpack_root(cached_root_tarball(tmp_path_factory), dest)
     return dest

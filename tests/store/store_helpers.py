@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from envcheck import unavailable
+
 REPO = Path(__file__).resolve().parents[2]
 KILN = [sys.executable, "-m", "kiln"]
 
@@ -105,7 +107,7 @@ def other_disk(disk_dir: Path) -> Path:
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An Azurite blob service on 127.0.0.1 (a free port); yields its connection string."""
     if not AZURITE.exists():
-        pytest.skip("azurite is not installed (run scripts/setup)")
+        unavailable("azurite is not installed (run scripts/setup)")
     location = tmp_path_factory.mktemp("azurite")
     port = free_port()
     proc = subprocess.Popen(  # long-running server: run() is for commands that finish
