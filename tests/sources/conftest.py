@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from debian_root import CachedRoot, bootstrap_debian12, fresh_copy
 
 

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from debian_root import DEBIAN12, CachedRoot, shared_test_config
 
+from debian_root import DEBIAN12, CachedRoot, shared_test_config
 from kiln.config import load_config
 from kiln.errors import InvalidInput
 from kiln.events import Event, Monitor

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from debian_root import CachedRoot, fresh_copy
 
+from debian_root import CachedRoot, fresh_copy
 from kiln.events import NullMonitor
 from kiln.sources import resolve_source, source_os_type
 from kiln.template.model import ManagedImageSource, SharedImageVersionSource
