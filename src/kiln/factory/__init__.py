@@ -12,7 +12,9 @@ Labs and their custom images are catalog resources (kiln.store.labs).
 
 The names below are imported on first use (PEP 562), not with the package: `kiln factory
 distribute` needs neither the build pipeline nor the template compiler, and importing
-`kiln.factory.distribute` runs this file first.
+`kiln.factory.distribute` runs this file first. (`retire` names both a module and its function:
+once the module is imported on its own, `kiln.factory.retire` is the module until a name of it is
+asked for here; `from kiln.factory.retire import retire` is always the function.)
 """
 
 from __future__ import annotations
