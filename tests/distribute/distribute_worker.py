@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: envcheck, used by store_helpers
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "store"))
 
 from store_helpers import make_disk  # noqa: E402
