@@ -178,7 +178,7 @@ def customize(ctx: BuildContext) -> None:
 def generalize(ctx: BuildContext) -> None:
     from kiln.build.generalize import generalize as deprovision
 
-    if ctx.template.validate.source_validation_only:
+    if ctx.template.validate.source_validation_only or not ctx.options.generalize:
         return
     assert ctx.root is not None
     ctx.monitor.step("generalize", "deprovision (machine-id, ssh host keys, logs, caches)")
@@ -256,7 +256,7 @@ def distribute(ctx: BuildContext) -> None:
     artifact = BuiltArtifact(
         disk=ctx.disk,
         os_type=ctx.os_type,
-        os_state="Generalized",
+        os_state="Generalized" if ctx.options.generalize else "Specialized",
         hyper_v_generation="V2",
         source_version=ctx.exact_version,
         boot_tested=ctx.options.validate and ctx.validation_failed is None,
