@@ -12,21 +12,11 @@ from pathlib import Path
 import pytest
 from helpers import host_mounts_under, processes_in, wait_until
 
-from kiln.events import Event, Monitor
 from kiln.run import CommandFailed
 from kiln.sandbox.isolated import POLICY_RC_D, IsolatedRoot, SandboxTimeout
+from monitors import Lines
 
 pytestmark = pytest.mark.integration
-
-
-class Lines(Monitor):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, event: Event) -> None:
-        if event.kind == "log":
-            self.lines.append(event.message)
 
 
 def test_inside_view_and_nothing_left_on_host(fresh_root: Path) -> None:

@@ -14,24 +14,14 @@ import pytest
 from debian_root import DEBIAN12, CachedRoot, shared_test_config
 from kiln.config import load_config
 from kiln.errors import InvalidInput
-from kiln.events import Event, Monitor
 from kiln.sources import resolve_source
 from kiln.sources.bootstrap import roots_cache
 from kiln.sources.mirror import fetch_release
 from kiln.sources.platform import recipe_for
 from kiln.template.model import PlatformImageSource
+from monitors import Lines
 
 pytestmark = pytest.mark.integration
-
-
-class Lines(Monitor):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, event: Event) -> None:
-        if event.kind == "log":
-            self.lines.append(event.message)
 
 
 def test_platform_root_has_the_agreed_base(debian12: CachedRoot) -> None:
