@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from kiln.build.generalize import SSH_KEYGEN_UNIT, generalize
 from kiln.errors import BuildFailed
 from kiln.events import NullMonitor
+from kiln.generalize.deprovision import SSH_KEYGEN_UNIT, generalize
 from kiln.sandbox.isolated import IsolatedRoot
 
 pytestmark = pytest.mark.integration

@@ -21,10 +21,10 @@ import pytest
 from debian_root import bootstrap_debian12
 from envcheck import unavailable
 from kiln.disk.assemble import DiskLayout
-from kiln.disk.boottest import BootReport
 from kiln.events import NullMonitor
 from kiln.run import run
 from kiln.sources.bootstrap import unpack_root
+from kiln.validate.boottest import BootReport
 
 
 def _missing_tools() -> str:
@@ -128,7 +128,7 @@ class Booted:
 @pytest.fixture(scope="session")
 def booted(built_disk: BuiltDisk, tmp_path_factory: pytest.TempPathFactory) -> Booted:
     """One boot test of the built disk with two validations: one passes, one fails with exit 7."""
-    from kiln.disk.boottest import GuestScript, boot_test
+    from kiln.validate.boottest import GuestScript, boot_test
 
     logs = tmp_path_factory.mktemp("boot")
     serial = logs / "serial.log"

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from kiln.disk.boottest import GuestScript, boot_test, run_in_vm
 from kiln.errors import BuildFailed
 from kiln.run import run
+from kiln.validate.boottest import GuestScript, boot_test, run_in_vm
 
 from .conftest import Booted, BuiltDisk
 
@@ -125,7 +125,7 @@ def test_run_in_vm_raises_when_the_guest_never_gets_ready(unbootable_disk: Path,
 def test_killing_kiln_leaves_no_qemu_and_no_temp_dir(unbootable_disk: Path, tmp_path: Path, sig: int) -> None:
     work = tmp_path / "work"
     code = (
-        "from pathlib import Path\nfrom kiln.disk.boottest import boot_test\n"
+        "from pathlib import Path\nfrom kiln.validate.boottest import boot_test\n"
         f"boot_test(Path({str(unbootable_disk)!r}), 'raw', timeout_s=600, work_dir=Path({str(work)!r}))\n"
     )
     # Popen: this test needs kiln running in another process so it can kill it mid-boot.

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kiln.disk.boottest import GuestScript, _check_disk, _SerialParser
 from kiln.sandbox.vm import detect_accel
+from kiln.validate.boottest import GuestScript, _check_disk, _SerialParser
 
 NONCE = "0123456789abcdef01234567"
 

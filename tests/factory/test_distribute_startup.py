@@ -23,7 +23,7 @@ from kiln.cli import main
 main(sys.argv[2:])
 """
 
-HEAVY = ("kiln.template.load", "kiln.template.schema", "jsonschema", "rich", "kiln.build.pipeline",
+HEAVY = ("kiln.template.load", "kiln.template.schema", "jsonschema", "rich", "kiln.pipeline.build",
          "kiln.factory.build", "kiln.factory.dtl")
 
 

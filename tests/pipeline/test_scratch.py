@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kiln.build import scratch
-from kiln.build.scratch import ScratchDir, scratch_parent, wait_for_reapers
+from kiln import scratch
+from kiln.scratch import ScratchDir, scratch_parent, wait_for_reapers
 
 
 def wait_gone(path: Path, seconds: float = 20) -> bool:
@@ -72,7 +72,7 @@ def test_keep_in_moves_the_tree_next_to_the_work(tmp_path: Path, monkeypatch: py
 _OWNER = """
 import sys, time
 from pathlib import Path
-from kiln.build.scratch import ScratchDir
+from kiln.scratch import ScratchDir
 s = ScratchDir(Path(sys.argv[1]), "killed-")
 (s.path / "root").mkdir()
 print(s.path, flush=True)

@@ -23,8 +23,8 @@ from kiln.cli.validate_cmds import parse_parameters
 def build_cmd(app: App, template: Path, parameters: tuple[str, ...], no_validate: bool, boot_timeout: float,
               keep_work: bool, as_json: bool) -> None:
     """Build TEMPLATE: source, customize, generalize, assemble, boot-test, distribute."""
-    from kiln.build.context import BuildOptions
-    from kiln.build.pipeline import build
+    from kiln.pipeline.build import build
+    from kiln.pipeline.context import BuildOptions
     from kiln.template.load import load_template
 
     templates = load_template(template, parse_parameters(parameters), config=app.config)

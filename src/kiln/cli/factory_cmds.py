@@ -65,9 +65,9 @@ def _factory_lab(app: App, store: Any, factory_lab: str, location: str | None) -
 
 def _do_build(app: App, factory: Any, factory_lab: str, location: str | None, jobs: int, no_validate: bool,
               boot_timeout: float) -> Any:
-    from kiln.build.context import BuildOptions
     from kiln.factory import build_golden_images
     from kiln.factory.build import raise_for_failures, refuse_windows
+    from kiln.pipeline.context import BuildOptions
 
     refuse_windows(factory, factory.golden_images)  # before the factory lab is created: a refusal changes nothing
     with open_store(app) as store:

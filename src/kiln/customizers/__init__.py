@@ -7,7 +7,7 @@ cannot run. `fetch.Fetcher` gets what they name (with URI rewrites and checksums
 """
 
 from kiln.customizers.base import REGISTRY, CustomizerFailed, StepInfo
-from kiln.customizers.fetch import Fetcher
 from kiln.customizers.runner import check_supported, run_customizers
+from kiln.fetch import Fetcher
 
 __all__ = ["REGISTRY", "CustomizerFailed", "Fetcher", "StepInfo", "check_supported", "run_customizers"]

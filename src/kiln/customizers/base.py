@@ -17,9 +17,8 @@ from typing import Any
 from kiln.config import Config
 from kiln.errors import BuildFailed
 from kiln.events import Monitor
+from kiln.fetch import Fetcher
 from kiln.sandbox.isolated import IsolatedRoot
-
-from .fetch import Fetcher
 
 
 class CustomizerFailed(BuildFailed):

@@ -18,11 +18,11 @@ from pathlib import Path
 from kiln.config import Config
 from kiln.errors import Problem, ValidationFailed
 from kiln.events import Monitor
+from kiln.fetch import Fetcher
 from kiln.sandbox.isolated import IsolatedRoot, SandboxTimeout
 
 from . import file, powershell, shell, windows  # noqa: F401  (registers the types)
 from .base import REGISTRY, CustomizerFailed, StepContext, StepInfo
-from .fetch import Fetcher
 
 
 def check_supported(steps: Sequence[object], os_type: str, *, where: str = ".properties.customize") -> None:

@@ -144,7 +144,7 @@ def read_boot_config(root: Path) -> BootConfig | None:
 
 def install_guest_hook(root: Path) -> None:
     """Ship kiln's boot-test hook: a unit wanted only by the kiln check disk's device."""
-    here = resources.files("kiln.disk")
+    here = resources.files("kiln.validate")
     script = root / "usr/lib/kiln/kiln-guest-check"
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_bytes(here.joinpath("kiln-guest-check.sh").read_bytes())

@@ -82,8 +82,8 @@ def build_golden_images(factory: Factory, *, config: Config, open_store: Callabl
                         monitor: Monitor, max_jobs: int = 1, options=None,
                         only: tuple[str, ...] = ()) -> BuildReport:
     """Build every golden image (or those whose ImagePath is in `only`) into a staging image."""
-    from kiln.build.context import BuildOptions
-    from kiln.build.pipeline import build
+    from kiln.pipeline.build import build
+    from kiln.pipeline.context import BuildOptions
 
     selected = tuple(g for g in factory.golden_images if not only or g.image_path in only)
     refuse_windows(factory, selected)

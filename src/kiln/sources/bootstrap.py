@@ -19,7 +19,7 @@ affect it are being installed (platform-hooks.sh says how).
 A cache entry is written under a temporary name and renamed when complete, so a killed bootstrap
 never leaves an entry that looks valid; an exclusive lock per key makes two concurrent builds
 of the same source bootstrap once. The bootstrap happens in scratch space (RAM when there is room,
-see kiln.build.scratch); the build continues with its own copy while the pristine tree is written
+see kiln.scratch); the build continues with its own copy while the pristine tree is written
 into the cache in the background.
 """
 
@@ -137,7 +137,7 @@ def _bootstrap_and_cache(recipe: Recipe, entry: Path, dest: Path, lock: _KeyLock
     the pristine one into the cache in the background (it is on the critical path otherwise: a few
     seconds of disk writes while the build could be customizing). The key stays locked until the
     entry is complete; kiln waits for the writer before it exits (a non-daemon thread)."""
-    from kiln.build.scratch import ScratchDir
+    from kiln.scratch import ScratchDir
 
     pristine = ScratchDir.create(entry.parent, f"bootstrap-{entry.name[:12]}")
     try:

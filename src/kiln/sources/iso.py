@@ -15,9 +15,9 @@ import re
 from pathlib import Path
 
 from kiln.config import Config
-from kiln.customizers.fetch import Fetcher
 from kiln.errors import InvalidInput
 from kiln.events import Monitor
+from kiln.fetch import Fetcher
 from kiln.run import run
 from kiln.sources.roottree import RootTree, read_os_release
 from kiln.template.model import IsoSource

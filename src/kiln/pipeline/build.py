@@ -21,12 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from kiln.build.context import KEEP_MARKER, BuildContext, BuildOptions
-from kiln.build.runstate import RunRecorder
 from kiln.config import Config
 from kiln.errors import BuildFailed, Canceled, InvalidInput, KilnError
 from kiln.events import LogFile, Monitor, Monitors
 from kiln.ids import ResourceId
+from kiln.pipeline.context import KEEP_MARKER, BuildContext, BuildOptions
+from kiln.pipeline.recorder import RunRecorder
 from kiln.store.blobs import KnownDigest
 from kiln.template.model import (
     FileStep,
@@ -143,7 +143,7 @@ def check_supported(ctx: BuildContext) -> None:
 
 def resolve_source(ctx: BuildContext) -> None:
     from kiln import sources
-    from kiln.build.scratch import ScratchDir
+    from kiln.scratch import ScratchDir
 
     ctx.monitor.step("source", describe_source(ctx.template))
     # The root tree lives in scratch space (RAM when there is room; see build/scratch.py), the
@@ -176,7 +176,7 @@ def customize(ctx: BuildContext) -> None:
 
 
 def generalize(ctx: BuildContext) -> None:
-    from kiln.build.generalize import generalize as deprovision
+    from kiln.generalize.deprovision import generalize as deprovision
 
     if ctx.template.validate.source_validation_only or not ctx.options.generalize:
         return
@@ -206,7 +206,7 @@ def assemble_disk(ctx: BuildContext) -> None:
 def validate(ctx: BuildContext) -> None:
     """Boot the disk in QEMU; run inVMValidations in the guest. Failure stops distribution unless
     `continueDistributeOnFailure`; the run is Failed either way, as in AIB."""
-    from kiln.disk.boottest import boot_test
+    from kiln.validate.boottest import boot_test
 
     if not ctx.options.validate:
         ctx.monitor.log("boot test skipped (--no-validate): the published image is marked unverified")
@@ -288,8 +288,8 @@ def outcome(ctx: BuildContext) -> tuple[str, str]:
 
 def guest_scripts(ctx: BuildContext) -> list:
     """inVMValidations as shell scripts for the guest (File: the bytes embedded, written to the path)."""
-    from kiln.customizers.fetch import Fetcher
-    from kiln.disk.boottest import GuestScript
+    from kiln.fetch import Fetcher
+    from kiln.validate.boottest import GuestScript
 
     fetcher = Fetcher(ctx.config, ctx.monitor)
     scripts = []

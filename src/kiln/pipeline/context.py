@@ -50,4 +50,4 @@ class BuildContext:
     validation_failed: str | None = None
     outputs: list[Any] = field(default_factory=list)
     deadline: float | None = None  # time.monotonic() when buildTimeoutInMinutes runs out
-    scratch: Any = None  # kiln.build.scratch.ScratchDir holding the root tree while it exists
+    scratch: Any = None  # kiln.scratch.ScratchDir holding the root tree while it exists

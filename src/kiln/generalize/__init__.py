@@ -1,0 +1,1 @@
+"""Generalize: deprovision a root tree so that machines made from it are new machines."""
