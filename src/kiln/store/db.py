@@ -184,11 +184,12 @@ class Catalog:
         finally:
             self.conn.execute("COMMIT")
 
-    def query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         return self.conn.execute(sql, args).fetchall()
 
-    def one(self, sql: str, args: tuple = ()) -> sqlite3.Row | None:
-        return self.conn.execute(sql, args).fetchone()
+    def one(self, sql: str, args: tuple[object, ...] = ()) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.conn.execute(sql, args).fetchone()
+        return row
 
     def close(self) -> None:
         self.conn.close()

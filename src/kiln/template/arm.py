@@ -288,7 +288,7 @@ def _fn_format(scope: Scope, template: Any, *args: Any) -> str:
 
 
 def _fn_replace(scope: Scope, text: Any, old: Any, new: Any) -> str:
-    if not all(isinstance(a, str) for a in (text, old, new)):
+    if not (isinstance(text, str) and isinstance(old, str) and isinstance(new, str)):
         raise ArmError("replace() takes three strings")
     return text.replace(old, new)
 
