@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NotRequired, TypedDict, cast
+from typing import Literal, NotRequired, TypedDict, TypeGuard, cast
 
 from kiln.disk import vhd
 from kiln.errors import InvalidInput
@@ -23,7 +23,12 @@ from kiln.run import run
 
 Format = Literal["raw", "qcow2", "vpc"]
 ExportFormat = Literal["raw", "vhd", "vhd-dynamic", "qcow2"]
-EXPORT_FORMATS: tuple[str, ...] = ("raw", "vhd", "vhd-dynamic", "qcow2")
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("raw", "vhd", "vhd-dynamic", "qcow2")
+
+
+def is_export_format(name: str) -> TypeGuard[ExportFormat]:
+    return name in EXPORT_FORMATS
+
 
 # The part of `qemu-img info --output=json` kiln reads (functional form: the keys have hyphens).
 QemuImgInfo = TypedDict("QemuImgInfo", {"virtual-size": int, "backing-filename": NotRequired[str]})
