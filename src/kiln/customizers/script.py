@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import GuestContext
+
+if TYPE_CHECKING:
+    from kiln.fetch import Fetcher
 
 SHEBANG = b"#!"
 
@@ -27,7 +30,7 @@ def fetch_script(step: Any, ctx: GuestContext) -> bytes:
     return ctx.fetcher.fetch_bytes(step.script_uri, step.sha256_checksum, what=f"{ctx.info.path}.scriptUri")
 
 
-def stage_script(step: Any, fetcher: Any, dest: Path, what: str) -> Path:
+def stage_script(step: Any, fetcher: Fetcher, dest: Path, what: str) -> Path:
     """Write the step's script to `dest` on the host (fetched and verified when it is a scriptUri)."""
     if step.inline is not None:
         dest.write_text("\n".join(step.inline) + "\n")

@@ -4,8 +4,9 @@ The schema (Draft 2020-12) describes the 2025-10-01 REST shape. It is built from
 step types' own schemas, declared beside their code and registered in `kiln.customizers` (the
 items of `customize` and `inVMValidations`), and `imagetemplate.base.json`, everything else. The
 whole is published as `imagetemplate.schema.json` (shipped in the package, for editors and other
-tools); `python -m kiln.template.schema` rewrites it after a step's schema changes, and a test
-checks it is what validation uses. Every discriminated union (source, customizer, validator, distributor,
+tools); `write_published()` rewrites it after a step's schema changes (`.venv/bin/python -c
+"from kiln.template.schema import write_published; write_published()"`), and a test checks it is
+what validation uses. Every discriminated union (source, customizer, validator, distributor,
 versioning) lists its allowed `type` values and picks its subschema with `if`/`then`, so a Shell
 step with a typo is reported at `.customize[2].scirptUri`, not as "is not valid under any of the
 given schemas". All errors are collected (`iter_errors`), each turned into a `Finding`: a path into
@@ -194,7 +195,3 @@ def validate(data: Any) -> list[Finding]:
     misspelled = {(f.path[:-1], str(f.path[-1]).lower()) for f in found if f.unknown_property}
     return [f for f in found
             if not (f.message.startswith("required property") and (f.path[:-1], str(f.path[-1]).lower()) in misspelled)]
-
-
-if __name__ == "__main__":
-    print(write_published())
