@@ -22,10 +22,15 @@ if TYPE_CHECKING:
 SHEBANG = b"#!"
 
 
+def inline_script(step: Any) -> str:
+    """The inline lines as one script (AIB joins them so)."""
+    return "\n".join(step.inline) + "\n"
+
+
 def fetch_script(step: Any, ctx: GuestContext) -> bytes:
     """The step's script: its inline lines, or its scriptUri's bytes (checksum verified)."""
     if step.inline is not None:
-        return ("\n".join(step.inline) + "\n").encode()
+        return inline_script(step).encode()
     assert step.script_uri is not None
     return ctx.fetcher.fetch_bytes(step.script_uri, step.sha256_checksum, what=f"{ctx.info.path}.scriptUri")
 
@@ -33,7 +38,7 @@ def fetch_script(step: Any, ctx: GuestContext) -> bytes:
 def stage_script(step: Any, fetcher: Fetcher, dest: Path, what: str) -> Path:
     """Write the step's script to `dest` on the host (fetched and verified when it is a scriptUri)."""
     if step.inline is not None:
-        dest.write_text("\n".join(step.inline) + "\n")
+        dest.write_text(inline_script(step))
         return dest
     assert step.script_uri is not None
     return fetcher.fetch_to(step.script_uri, step.sha256_checksum, dest, what=f"{what}.scriptUri")
