@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from envcheck import unavailable
 from kiln.config import Config
 from kiln.customizers import in_vm_scripts
 from kiln.errors import InvalidInput
@@ -93,6 +94,8 @@ def test_powershell_validation_without_pwsh_says_so(tmp_path: Path) -> None:
 
 
 def test_downloaded_script_runs_with_its_interpreter(tmp_path: Path, web) -> None:
+    if not Path("/usr/bin/perl").is_file():
+        unavailable("/usr/bin/perl is not installed (perl-base, essential in Debian)")
     perl = "#!/usr/bin/perl\nuse strict;\nmy @w = ('perl', 'says', 'hi');\nprint join('-', @w), \"\\n\";\nexit 0;\n"
     plain = "echo plain-script\nfalse\necho never\n"
     steps = (ShellStep(name="perl", script_uri=web.put("check.pl", perl),
