@@ -21,7 +21,7 @@ from kiln.events import Monitor
 from kiln.fetch import Fetcher
 from kiln.sandbox.isolated import IsolatedRoot, SandboxTimeout
 
-from . import file, powershell, shell, windows  # noqa: F401  (registers the types)
+from . import registry  # noqa: F401  (registers the types)
 from .base import REGISTRY, CustomizerFailed, StepContext, StepInfo
 
 
