@@ -12,8 +12,8 @@ The runner and the fetcher (sandbox, HTTP client) load only when asked for.
 
 from typing import Any
 
-from kiln.customizers.base import CustomizerFailed, StepInfo
-from kiln.customizers.registry import REGISTRY
+from kiln.customizers import registry as _registry  # noqa: F401  (registers the types)
+from kiln.customizers.base import REGISTRY, CustomizerFailed, StepInfo
 
 __all__ = ["REGISTRY", "CustomizerFailed", "Fetcher", "StepInfo", "check_supported", "in_vm_scripts",
            "run_customizers"]
