@@ -14,7 +14,6 @@ from importlib import resources
 
 from kiln.errors import KilnError
 
-
 WHERE = ("host", "guest", "test")
 
 
