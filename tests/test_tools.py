@@ -68,6 +68,7 @@ def test_a_program_the_table_lacks_is_reported(tmp_path: Path) -> None:
             run(["sh", "-c", "set -e\\nkiln-fake-in-script --x | sort\\nchroot \\"$1\\" kiln-fake-chrooted", "sh", path])
             sandbox.run(["kiln-fake-guest-tool", "-v"])
             run(root.argv_from_somewhere())
+            run([root.program, "--version"])  # tools: argv[0] from tools.toml
     '''))
     (src / "kiln" / "fake-hook.sh").write_text(textwrap.dedent('''\
         #!/bin/sh
@@ -89,6 +90,7 @@ def test_a_program_the_table_lacks_is_reported(tmp_path: Path) -> None:
                     "kiln-fake-in-case (host)", "kiln-fake-substituted (host)", "kiln-fake-found (host)"):
         assert f"{program} is run at kiln/" in report, report
     assert "unresolved: kiln/fakeuse.py:19: cannot follow the argv" in report, report
+    assert "fakeuse.py:20" not in report  # argv[0] taken from the table itself, and said so
     # What is not a command stays out: comments, here-document text, builtins, the interpreter.
     assert "kiln-fake-comment" not in report and "kiln-fake-heredoc-line" not in report
     assert "setpriv" not in report and "unshare" not in report and "sort" not in report

@@ -497,9 +497,6 @@ class _Resolver:
             return expr.value
         if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.id == "str" and expr.args:
             return self.scalar(expr.args[0], fn)
-        if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and expr.value.id == "os" \
-                and expr.attr == "fspath":
-            return DYN
         if isinstance(expr, ast.Name):
             local = _local_assigns(fn).get(expr.id) if fn else None
             values = local if local else None if (fn and expr.id in _params(fn)) else self.m.assigns.get(expr.id)
