@@ -15,6 +15,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import kiln
 from kiln.config import Config
@@ -45,7 +46,7 @@ class Check:
     def problem(self) -> bool:
         return self.required and not self.ok
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -62,7 +63,7 @@ class Report:
     def problems(self) -> tuple[Check, ...]:
         return tuple(c for c in self.checks if c.problem)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"ready": self.ready, "problems": len(self.problems), "checks": [c.to_json() for c in self.checks]}
 
 
