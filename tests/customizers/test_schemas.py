@@ -4,10 +4,10 @@ the template schema is built from exactly these schemas."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest_paths import CONFORMANCE
 
 from kiln.customizers import REGISTRY, check_supported
 from kiln.errors import ValidationFailed
@@ -61,9 +61,9 @@ def test_every_model_step_type_is_registered() -> None:
     assert {c.type for c in (ShellStep, FileStep, PowerShellStep, WindowsRestartStep, WindowsUpdateStep)} == set(REGISTRY)
 
 
-def test_conformance_steps_match_their_schemas() -> None:
+def test_conformance_steps_match_their_schemas(corpus: Path) -> None:
     seen = 0
-    for path in sorted((CONFORMANCE / "aib").rglob("*.json")):
+    for path in sorted((corpus / "aib").rglob("*.json")):
         data = json.loads(path.read_text())
         for resource in [data, *data.get("resources", [])] if isinstance(data, dict) else []:
             props = resource.get("properties", {}) if isinstance(resource, dict) else {}
