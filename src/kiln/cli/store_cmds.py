@@ -24,7 +24,7 @@ from typing import Any
 import click
 
 from kiln.cli import App, pass_app
-from kiln.cli.common import Rows, emit, json_option, make_monitor, open_store, print_json
+from kiln.cli.common import Rows, emit, json_option, location_option, make_monitor, open_store, print_json
 from kiln.errors import InvalidInput, KilnError
 
 
@@ -51,8 +51,11 @@ def _image_rows(images: list[Any]) -> Rows:
               i.digest[:16]) for i in images])
 
 
+KV = ("FIELD", "VALUE")  # a show command's table: every value whole
+
+
 def _kv_rows(pairs: list[tuple[str, Any]]) -> Rows:
-    return ("FIELD", "VALUE"), [(k, v) for k, v in pairs]
+    return KV, [(k, v) for k, v in pairs]
 
 
 def register_image(cli: click.Group) -> None:
@@ -63,7 +66,7 @@ def register_image(cli: click.Group) -> None:
     @image.command("import")
     @click.argument("disk", type=click.Path(path_type=Path))
     @click.option("--id", "image_id", required=True, help="The image's resource id (.../Microsoft.Compute/images/NAME).")
-    @click.option("--location", default=None, help="Region to keep it in (default: the first configured region).")
+    @location_option("Region to keep it in")
     @click.option("--os-type", default="Linux", show_default=True, help="Linux or Windows.")
     @click.option("--os-state", default="Generalized", show_default=True, help="Generalized or Specialized.")
     @click.option("--hyper-v-generation", default="V2", show_default=True, help="V1 or V2.")
@@ -75,8 +78,7 @@ def register_image(cli: click.Group) -> None:
         """Import DISK (raw, qcow2 or VHD, recognised by content) as a managed image. DISK is not modified."""
         tag_map = _tags(tags)
         with open_store(app) as store:
-            region = location or (app.config.regions[0].name if app.config.regions else "")
-            img = store.images.import_disk(disk, image_id, region, os_type, os_state=os_state,
+            img = store.images.import_disk(disk, image_id, location or app.config.default_location, os_type, os_state=os_state,
                                            hyper_v_generation=hyper_v_generation, tags=tag_map, monitor=make_monitor(app))
             emit(as_json, img.to_json(), lambda: _image_rows([img]))
 
@@ -101,7 +103,7 @@ def register_image(cli: click.Group) -> None:
                 ("id", i.id), ("location", i.location), ("osType", i.os_type), ("osState", i.os_state),
                 ("hyperVGeneration", i.hyper_v_generation), ("size", _size(i.disk.virtual_size)),
                 ("tags", json.dumps(i.tags)), ("bootTested", i.boot_tested), ("digest", i.digest),
-                ("disk", f"{i.disk.path} ({i.disk.format})")]))
+                ("disk", f"{i.disk.path} ({i.disk.format})")]), whole=KV)
 
     @image.command("delete")
     @click.argument("image_id")
@@ -155,14 +157,14 @@ def register_gallery(cli: click.Group) -> None:
 
     @gallery.command("create")
     @click.argument("gallery_id")
-    @click.option("--location", default="", help="Region (default: the first configured region).")
+    @location_option("Region")
     @click.option("--description", default="")
     @json_option
     @pass_app
-    def gallery_create(app: App, gallery_id: str, location: str, description: str, as_json: bool) -> None:
+    def gallery_create(app: App, gallery_id: str, location: str | None, description: str, as_json: bool) -> None:
         """Create a gallery (creating an existing one is a no-op)."""
         with open_store(app) as store:
-            g = store.galleries.create(gallery_id, location, description)
+            g = store.galleries.create(gallery_id, location or app.config.default_location, description)
             emit(as_json, g.to_json(), lambda: (("ID", "LOCATION"), [(str(g.id), g.location)]))
 
     @gallery.command("list")
@@ -346,8 +348,11 @@ def register_gallery(cli: click.Group) -> None:
 
 def _output_rows(outs: list[Any]) -> Rows:
     return (("NAME", "TYPE", "STATE", "ARTIFACT", "RUN", "ERROR"),
-            [(o.name, o.target_type, o.provisioning_state, o.artifact_id or o.artifact_uri, o.run_id[:12], o.error[:80])
+            [(o.name, o.target_type, o.provisioning_state, o.artifact_id or o.artifact_uri, o.run_id, o.error)
              for o in outs])
+
+
+OUTPUT_IDS = ("NAME", "ARTIFACT", "RUN")
 
 
 def register_misc(cli: click.Group) -> None:
@@ -363,7 +368,7 @@ def register_misc(cli: click.Group) -> None:
         """The run outputs of TEMPLATE_ID (for each runOutputName, the latest run's)."""
         with open_store(app) as store:
             outs = store.runs.outputs(template_id)
-            emit(as_json, {"value": [o.to_json() for o in outs]}, lambda: _output_rows(outs))
+            emit(as_json, {"value": [o.to_json() for o in outs]}, lambda: _output_rows(outs), whole=OUTPUT_IDS)
 
     @run_output.command("show")
     @click.argument("run_output_id")
@@ -373,7 +378,7 @@ def register_misc(cli: click.Group) -> None:
         """Show one run output (.../imageTemplates/T/runOutputs/NAME)."""
         with open_store(app) as store:
             o = store.runs.output(run_output_id)
-            emit(as_json, o.to_json(), lambda: _output_rows([o]))
+            emit(as_json, o.to_json(), lambda: _output_rows([o]), whole=OUTPUT_IDS)
 
     @cli.group("region")
     def region() -> None:
@@ -388,7 +393,8 @@ def register_misc(cli: click.Group) -> None:
         data = [{"name": r.name, "kind": r.kind, "path": r.path if r.kind == "folder" else "",
                  "container": r.container} for r in regions]
         emit(as_json, data, lambda: (("NAME", "KIND", "WHERE"),
-                                      [(r.name, r.kind, r.path if r.kind == "folder" else r.container) for r in regions]))
+                                      [(r.name, r.kind, r.path if r.kind == "folder" else r.container) for r in regions]),
+             whole=("NAME", "WHERE"))
 
     @cli.command("gc")
     @json_option
