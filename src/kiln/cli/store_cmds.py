@@ -268,45 +268,11 @@ def register_gallery(cli: click.Group) -> None:
 
         Publishing the same content under the same version again is a no-op, so an interrupted
         publish is finished by running the command again."""
-        from kiln import ids
-        from kiln.store.common import new_holder
-        from kiln.store.galleries import RegionTarget, VersionRule, parse_version
+        from kiln.distribute.galleries import publish_version_from
 
-        if (disk is None) == (image_id is None):
-            raise InvalidInput("give exactly one of --disk FILE and --image ID", hint="e.g. --disk build/disk.raw")
-        rid = ids.parse(version_id, ids.GALLERY_IMAGE_VERSION, what="image version id")
-        parse_version(rid.name)
         with open_store(app) as store:
-            d = store.galleries.get_definition(rid.parent())
-            targets = [RegionTarget(store.regions.get(r).name) for r in regions]
-            if not targets:
-                targets = [RegionTarget(store.galleries.get(d.id.parent()).location)]
-            existing = next((v for v in store.galleries.list_versions(d.id) if v.version == ".".join(
-                str(n) for n in parse_version(rid.name))), None)
-            if disk is not None:
-                from kiln.disk import formats
-                from kiln.store.blobs import content_digest
-
-                info = formats.detect(disk)
-                if existing is not None and content_digest(disk, info) != existing.digest:
-                    raise InvalidInput(f"version {existing.id} already exists with another disk",
-                                       hint="a version cannot be overwritten: delete it or publish another version number")
-            elif existing is not None and store.images.get(image_id).digest != existing.digest:
-                raise InvalidInput(f"version {existing.id} already exists with another disk",
-                                   hint="a version cannot be overwritten: delete it or publish another version number")
-            holder = new_holder("version")
-            try:
-                if disk is not None:
-                    blob = store.blobs.ingest(disk, holder=holder, monitor=make_monitor(app))
-                    source = ""
-                else:
-                    img = store.images.get(image_id)
-                    store.blobs.take_lease(img.digest, holder)
-                    blob, source = store.blobs.get(img.digest), str(img.id)
-                v = store.galleries.publish_version(d.id, blob, rule=VersionRule("Explicit", rid.name), target_regions=targets,
-                                                    exclude_from_latest=exclude_from_latest, source=source, monitor=make_monitor(app))
-            finally:
-                store.blobs.release_holder(holder)
+            v = publish_version_from(store, version_id, disk=disk, image_id=image_id, regions=regions,
+                                     exclude_from_latest=exclude_from_latest, monitor=make_monitor(app))
             emit(as_json, v.to_json(), lambda: _version_rows([v]))
 
     @version.command("list")
