@@ -23,6 +23,7 @@ from kiln.factory import DEFAULT_FACTORY_LAB, ensure_lab, save_images, unsaved_g
 from kiln.factory.build import staging_tags
 from kiln.ids import ResourceId
 from kiln.store import Store
+from store_helpers import make_disk
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -31,9 +32,6 @@ CONFIG = DATA / "Configuration"
 TEST_CACHE = Path(os.environ.get("KILN_TEST_CACHE", "/var/tmp/kiln-test-cache"))
 SUB = "11111111-0000-0000-0000-000000000001"
 PATHS = ("Debian/base.json", "Debian/tools.json", "Web/site.json")
-
-sys.path.insert(0, str(REPO / "tests" / "store"))
-from store_helpers import make_disk  # noqa: E402
 
 
 def lab_id(name: str, rg: str = "labs-rg") -> str:
