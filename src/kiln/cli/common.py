@@ -8,9 +8,11 @@ rule: `open_store` imports the store when it is called.
 Every table a command prints goes through `print_table`, which never cuts an id: people copy ids
 out of `list` to feed them to `show`, and an id with an ellipsis is no id. Columns named in
 `whole` (by default "ID") are printed whole; when the terminal is too narrow the other columns
-wrap, and when even that does not fit, each row is printed as a block of `FIELD  value` lines
-(the id still on one line, however long). General-purpose table libraries shrink every column
-to fit the terminal, ids included, which is why this one is kiln's own.
+wrap at spaces, then the last of them are left out (a line under the table names them), and
+when the ids alone leave no room, each row is printed as a block of `FIELD  value` lines (the id
+still on one line, however long). General-purpose table libraries shrink every column to fit
+the terminal, ids included, which is why this one is kiln's own. Piped output (no terminal, no
+$COLUMNS) is never fitted: one line per row.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def print_json(data: Any) -> None:
 
 
 GAP = 2  # spaces between columns
-MIN_WRAP = 8  # narrowest a wrapped column gets (or its header, if longer)
+MIN_WRAP = 20  # narrowest a value of a stacked row is wrapped to
 
 
 def terminal_width() -> int | None:
@@ -101,12 +103,28 @@ def render_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, whole
     natural = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(columns)]
     if width is None or _total(natural) <= width or all(kept):
         return _lines(columns, cells, natural, kept)
-    fixed = sum(n for n, k in zip(natural, kept, strict=True) if k)
-    floors = [n if k else min(n, max(MIN_WRAP, len(h))) for n, k, h in zip(natural, kept, columns, strict=True)]
-    if _total(floors) > width:
-        return _stacked(columns, cells)
-    # Share what the ids leave among the other columns, in proportion to what each would like.
-    room = width - GAP * (len(columns) - 1) - fixed
+    # A column wraps at spaces only (a path or a name broken in two is as useless as a cut id), so
+    # the narrowest it gets is its longest word. Too narrow even then: leave out the last of the
+    # other columns, one at a time, while one is left; then, rather than show ids alone, one block
+    # per row.
+    floors = [n if k else max([len(h), *(len(w) for r in cells for w in r[i].split())])
+              for i, (n, k, h) in enumerate(zip(natural, kept, columns, strict=True))]
+    shown = list(range(len(columns)))
+    while _total([floors[i] for i in shown]) > width:
+        others = [i for i in shown if not kept[i]]
+        if len(others) <= 1:
+            return _stacked(columns, cells, kept, width)
+        shown.remove(others[-1])
+    table = _wrapped([columns[i] for i in shown], [[r[i] for i in shown] for r in cells],
+                     [natural[i] for i in shown], [floors[i] for i in shown], [kept[i] for i in shown], width)
+    left_out = [c for i, c in enumerate(columns) if i not in shown]
+    return table + (f"({', '.join(left_out)}: not shown in {width} columns; --json has everything)\n" if left_out else "")
+
+
+def _wrapped(columns: list[str], cells: list[list[str]], natural: list[int], floors: list[int], kept: list[bool],
+             width: int) -> str:
+    """The ids at full width, the other columns sharing what is left (see `_share`)."""
+    room = width - GAP * (len(columns) - 1) - sum(n for n, k in zip(natural, kept, strict=True) if k)
     wants = [n - f for n, f, k in zip(natural, floors, kept, strict=True) if not k]
     spare = room - sum(f for f, k in zip(floors, kept, strict=True) if not k)
     extra = iter(_share(spare, wants))
@@ -119,13 +137,20 @@ def _total(widths: Sequence[int]) -> int:
 
 
 def _share(spare: int, wants: list[int]) -> list[int]:
-    total = sum(wants)
-    if total <= spare:
-        return wants
-    got = [spare * w // total for w in wants]
-    for i in sorted(range(len(wants)), key=lambda i: wants[i] - got[i], reverse=True)[: spare - sum(got)]:
-        got[i] += 1
+    """Split `spare` columns among wants: the smallest wants are met first (a short value then fits
+    whole), what is left goes evenly to the rest."""
+    got = [0] * len(wants)
+    order = sorted(range(len(wants)), key=lambda i: wants[i])
+    for n, i in enumerate(order):
+        got[i] = min(wants[i], spare // (len(order) - n))
+        spare -= got[i]
     return got
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    if len(text) <= width:
+        return [text]
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False) or [""]
 
 
 def _lines(columns: Sequence[str], cells: list[list[str]], widths: list[int], kept: list[bool]) -> str:
@@ -133,20 +158,24 @@ def _lines(columns: Sequence[str], cells: list[list[str]], widths: list[int], ke
     header = (" " * GAP).join(h.ljust(w) for h, w in zip(columns, widths, strict=True)).rstrip()
     out = [click.style(header, bold=True) if bold else header]
     for row in cells:
-        parts = [[c] if k or len(c) <= w else textwrap.wrap(c, w, break_on_hyphens=False) or [""]
-                 for c, w, k in zip(row, widths, kept, strict=True)]
+        parts = [[c] if k else _wrap(c, w) for c, w, k in zip(row, widths, kept, strict=True)]
         for n in range(max(len(p) for p in parts)):
             line = [(p[n] if n < len(p) else "").ljust(w) for p, w in zip(parts, widths, strict=True)]
             out.append((" " * GAP).join(line).rstrip())
     return "".join(f"{line}\n" for line in out)
 
 
-def _stacked(columns: Sequence[str], cells: list[list[str]]) -> str:
-    """One block per row: `FIELD  value` lines, values whole, a blank line between rows."""
-    pad = max(len(c) for c in columns)
-    blocks = ["".join(f"{h.ljust(pad)}  {v}".rstrip() + "\n" for h, v in zip(columns, row, strict=True))
-              for row in cells]
-    return "\n".join(blocks) if cells else " ".join(columns) + "\n"
+def _stacked(columns: Sequence[str], cells: list[list[str]], kept: list[bool], width: int) -> str:
+    """One block per row: `FIELD  value` lines (ids whole, other values wrapped), a blank line between rows."""
+    pad = max(len(c) for c in columns) + GAP
+    blocks = []
+    for row in cells:
+        lines = []
+        for h, v, k in zip(columns, row, kept, strict=True):
+            for n, part in enumerate([v] if k else _wrap(v, max(MIN_WRAP, width - pad))):
+                lines.append(f"{(h if n == 0 else '').ljust(pad)}{part}".rstrip() + "\n")
+        blocks.append("".join(lines))
+    return "\n".join(blocks) if cells else "  ".join(columns) + "\n"
 
 
 def emit(as_json: bool, data: Any, rows: Callable[[], Rows], *, whole: Sequence[str] = ("ID",)) -> None:
