@@ -8,7 +8,7 @@ import pytest
 import requests
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 from azure.mgmt.imagebuilder import models as m
-from conftest import API_VERSION, OTHER_SUB, RG, SUB, kiln
+from kilnserve import API_VERSION, OTHER_SUB, RG, SUB, kiln
 
 IMAGE_ID = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/images/api-unit"
 
