@@ -95,6 +95,27 @@ def test_an_invalid_template_is_400_with_one_detail_per_problem(server, token) -
         client.virtual_machine_image_templates.get(RG, "bad")
 
 
+def test_a_failed_run_names_its_log_url(server, token) -> None:
+    """A run that fails before any bootstrap (a Windows source cannot be built here): quick, and real."""
+    client = server.client(token)
+    t = template()
+    t.properties.source = m.ImageTemplatePlatformImageSource(publisher="MicrosoftWindowsServer", offer="WindowsServer",
+                                                             sku="2022-datacenter-g2", version="latest")
+    t.properties.customize = [m.ImageTemplatePowerShellCustomizer(name="hello", inline=["Write-Output hello"])]
+    client.virtual_machine_image_templates.begin_create_or_update(RG, "windows", t).result()
+    with pytest.raises(HttpResponseError) as e:
+        client.virtual_machine_image_templates.begin_run(RG, "windows").result()
+    assert "Windows" in str(e.value)
+    status = client.virtual_machine_image_templates.get(RG, "windows").properties.last_run_status
+    assert status.run_state == "Failed"
+    url = status.message.split("(log: ", 1)[1].rstrip(")")
+    assert url.startswith(f"{server.url}/subscriptions/{SUB}/") and "/runs/" in url
+    log = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert log.status_code == 200 and "Windows images cannot be built on this host" in log.text
+    assert requests.get(url, timeout=30).status_code == 401
+    client.virtual_machine_image_templates.begin_delete(RG, "windows").result()
+
+
 def test_local_paths_from_the_network_are_refused(server, token) -> None:
     client = server.client(token)
     script = server.home / "script.sh"

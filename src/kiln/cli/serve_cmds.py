@@ -36,8 +36,12 @@ def serve_cmd(app: App, host: str, port: int, workers: int, max_body: int | None
                              insecure_http=insecure_http, local_roots=local_roots(app.config))
     service = Service(app.config, settings, monitor=make_monitor(app))
     click.echo(f"kiln: serving on http://{host}:{port} (state home {app.config.home})", err=True)
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=30)
+    try:
+        uvicorn.run(create_app(service), host=host, port=port, log_level="warning", access_log=False,
+                    timeout_graceful_shutdown=30)
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGTERM/Ctrl-C it shut down on: a clean stop
+        pass
+    click.echo("kiln: server stopped", err=True)
 
 
 @click.group("token")
