@@ -112,7 +112,7 @@ def test_run_outputs_name_the_published_image(built: Built) -> None:
     one = built.templates.get_run_output(RG, "deb12", "out")
     assert one.properties.artifact_id == outputs[0].properties.artifact_id
     image = json.loads(kiln(built.server.home, "image", "show", IMAGE_ID, "--json").stdout)
-    assert image["bootTested"] is True
+    assert image["kiln"]["bootTested"] is True
 
 
 def test_the_log_endpoint_serves_the_runs_log(built: Built) -> None:
@@ -144,7 +144,7 @@ def test_delete_leaves_the_distributed_image(built: Built) -> None:
         built.templates.get(RG, "deb12")
     assert "deb12" not in [t.name for t in built.templates.list()]
     image = json.loads(kiln(built.server.home, "image", "show", IMAGE_ID, "--json").stdout)
-    assert image["bootTested"] is True
+    assert image["kiln"]["bootTested"] is True
 
 
 def test_a_run_in_progress_when_the_server_dies_is_failed_after_the_restart(built: Built) -> None:

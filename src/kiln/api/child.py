@@ -13,9 +13,21 @@ import signal
 import sys
 from pathlib import Path
 
+from kiln.events import Event, JsonMonitor
+
 
 def _sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+class ServerPipe(JsonMonitor):
+    """Events to the server; if the server is gone the build goes on (a restarted server stops it)."""
+
+    def emit(self, event: Event) -> None:
+        try:
+            super().emit(event)
+        except (BrokenPipeError, ValueError):
+            pass
 
 
 def main(argv: list[str]) -> int:
@@ -24,7 +36,6 @@ def main(argv: list[str]) -> int:
     from kiln.api.templates import load_body
     from kiln.config import load_config
     from kiln.errors import KilnError
-    from kiln.events import JsonMonitor
     from kiln.pipeline.build import build
     from kiln.store.store import Store
 
@@ -38,7 +49,7 @@ def main(argv: list[str]) -> int:
             return 2
         try:
             template = load_body(resource.body, template_id, config)
-            build(template, config=config, store=store, monitor=JsonMonitor(sys.stdout), template_id=template_id)
+            build(template, config=config, store=store, monitor=ServerPipe(sys.stdout), template_id=template_id)
         except KilnError as e:
             print(json.dumps({"kind": "error", "message": e.render()}), file=sys.stderr)
             return e.exit_code
