@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 
 import pytest
@@ -175,8 +176,15 @@ def test_bad_bodies_are_4xx_not_5xx(server, token) -> None:
         r = requests.put(url, params=params, data=body, headers=headers, timeout=30)
         assert r.status_code == 400, (body, r.text)
         assert set(r.json()["error"]) == {"code", "message", "details"}
-    r = requests.put(url, params=params, data=b"{" + b" " * (5 * 1024 * 1024) + b"}", headers=headers, timeout=60)
-    assert r.status_code == 413 and r.json()["error"]["code"] == "RequestEntityTooLarge"
+    # A body past the limit is refused on its Content-Length, before it is read.
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.putrequest("PUT", f"{url.removeprefix(server.url)}?api-version={API_VERSION}")
+    for k, v in {**headers, "Content-Length": str(5 * 1024 * 1024)}.items():
+        conn.putheader(k, v)
+    conn.endheaders()
+    r = conn.getresponse()
+    assert r.status == 413 and json.loads(r.read())["error"]["code"] == "RequestEntityTooLarge"
+    conn.close()
 
 
 def test_plain_http_only_on_loopback(tmp_path) -> None:
