@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
+import time
 
 import pytest
 import requests
@@ -116,6 +118,17 @@ def test_a_failed_run_names_its_log_url(server, token) -> None:
     assert requests.get(url, timeout=30).status_code == 401
     client.virtual_machine_image_templates.begin_delete(RG, "windows").result()
 
+    # autoRun starts a run on create (this one fails as quickly).
+    t.properties.auto_run = m.ImageTemplateAutoRun(state="Enabled")
+    client.virtual_machine_image_templates.begin_create_or_update(RG, "windows-auto", t).result()
+    deadline = time.monotonic() + 120
+    while (status := client.virtual_machine_image_templates.get(RG, "windows-auto").properties.last_run_status) is None \
+            or status.run_state == "Running":
+        assert time.monotonic() < deadline, "the autoRun run did not end"
+        time.sleep(0.5)
+    assert status.run_state == "Failed" and "Windows" in status.message
+    client.virtual_machine_image_templates.begin_delete(RG, "windows-auto").result()
+
 
 def test_local_paths_from_the_network_are_refused(server, token) -> None:
     client = server.client(token)
@@ -156,7 +169,19 @@ def test_403_out_of_scope_or_read_only(server, token) -> None:
         reader.virtual_machine_image_templates.get(RG, "any")
     listed = json.loads(kiln(server.home, "token", "list", "--json").stdout)
     assert [t["name"] for t in listed] == ["writer"]
-    assert token not in kiln(server.home, "token", "list", "--json").stdout  # only its hash is kept
+    assert token not in kiln(server.home, "token", "list", "--json").stdout
+    catalog = b"".join(f.read_bytes() for f in server.home.glob("catalog.sqlite*"))
+    assert hashlib.sha256(token.encode()).hexdigest().encode() in catalog  # its hash is kept...
+    assert token.encode() not in catalog  # ...never the token
+    bad_name = kiln(server.home, "token", "create", "no spaces", "--subscription", SUB, check=False)
+    assert bad_name.returncode == 2 and "Traceback" not in bad_name.stderr
+
+
+def test_paths_are_case_insensitive_as_in_arm(server, token) -> None:
+    url = (f"{server.url}/SUBSCRIPTIONS/{SUB}/resourcegroups/{RG}/providers/microsoft.virtualmachineimages/"
+           "imagetemplates")
+    r = requests.get(url, params={"api-version": API_VERSION}, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 200 and "value" in r.json()
 
 
 def test_unknown_api_version_is_400(server, token) -> None:

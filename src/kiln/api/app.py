@@ -36,6 +36,9 @@ log = logging.getLogger("kiln.api")
 P = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.VirtualMachineImages/imageTemplates"
 OPS = "/subscriptions/{sub}/providers/Microsoft.VirtualMachineImages/locations/{loc}"
 LOG_CHUNK = 64 * 1024
+_CANONICAL = {w.lower(): w for w in ("subscriptions", "resourceGroups", "providers", PROVIDER, "imageTemplates",
+                                     "runOutputs", "runs", "log", "run", "cancel", "locations", "operations",
+                                     "operationResults")}
 
 
 def create_app(service: Service) -> FastAPI:
@@ -73,6 +76,12 @@ def create_app(service: Service) -> FastAPI:
         log.exception("internal error on %s %s", request.method, request.url.path)
         return JSONResponse(ArmError(500, "InternalServerError", f"internal error: {type(e).__name__}").body(),
                             status_code=500)
+
+    @app.middleware("http")
+    async def canonical_path(request: Request, call_next):
+        # ARM's paths are case-insensitive (`resourcegroups`, `microsoft.virtualmachineimages`).
+        request.scope["path"] = "/".join(_CANONICAL.get(p.lower(), p) for p in request.scope["path"].split("/"))
+        return await call_next(request)
 
     @app.middleware("http")
     async def body_limit(request: Request, call_next):
