@@ -11,7 +11,7 @@ import pytest
 import requests
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 from azure.mgmt.imagebuilder import models as m
-from kilnserve import API_VERSION, OTHER_SUB, RG, SUB, kiln
+from kilnserve import API_VERSION, OTHER_SUB, RG, SUB, kiln, start_server
 
 IMAGE_ID = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/images/api-unit"
 
@@ -217,3 +217,41 @@ def test_plain_http_only_on_loopback(tmp_path) -> None:
     assert no_flag.returncode == 2 and "--insecure-http" in no_flag.stderr
     public = kiln(tmp_path, "serve", "--insecure-http", "--host", "0.0.0.0", "--port", "1", check=False)
     assert public.returncode == 2 and "loopback" in public.stderr and "Traceback" not in public.stderr
+
+
+def test_the_wire_protocol_is_arms(server, token) -> None:
+    """What the SDK relies on, seen raw: 201 + Azure-AsyncOperation on PUT, 202 + Location on DELETE."""
+    url = f"{server.url}/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.VirtualMachineImages/imageTemplates/wire"
+    auth = {"Authorization": f"Bearer {token}"}
+    params = {"api-version": API_VERSION}
+    r = requests.put(url, params=params, json=template().as_dict(), headers=auth, timeout=30)
+    assert r.status_code == 201 and r.headers["Retry-After"] == "1"
+    op = requests.get(r.headers["Azure-AsyncOperation"], headers=auth, timeout=30)
+    assert op.status_code == 200 and op.json()["status"] == "Succeeded"
+    assert requests.get(url, params=params, headers=auth, timeout=30).json()["properties"]["provisioningState"] == "Succeeded"
+    r = requests.delete(url, params=params, headers=auth, timeout=30)
+    assert r.status_code == 202 and r.headers["Retry-After"] == "1"
+    assert requests.get(r.headers["Location"], headers=auth, timeout=30).status_code == 204
+    assert requests.get(url, params=params, headers=auth, timeout=30).status_code == 404
+
+
+def test_local_paths_inside_the_configured_roots_are_allowed(tmp_path) -> None:
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "hello.sh").write_text("echo hello\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(f'[api]\nlocal_roots = ["{scripts}"]\n')
+    server = start_server(home)
+    try:
+        client = server.client(server.token("local", SUB))
+        t = template()
+        t.properties.customize = [m.ImageTemplateShellCustomizer(name="inside", script_uri=f"file://{scripts}/hello.sh")]
+        client.virtual_machine_image_templates.begin_create_or_update(RG, "inside", t).result()
+        t.properties.customize = [m.ImageTemplateShellCustomizer(name="escape", script_uri=f"{scripts}/../home/config.toml")]
+        with pytest.raises(HttpResponseError) as e:
+            client.virtual_machine_image_templates.begin_create_or_update(RG, "escape", t).result()
+        assert e.value.status_code == 400
+        assert [d.target for d in e.value.error.details] == ["properties.customize[0].scriptUri"]
+    finally:
+        server.stop()
