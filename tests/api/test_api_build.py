@@ -126,6 +126,14 @@ def test_a_second_run_canceled_mid_build_ends_canceled_and_leaves_the_host_clean
     (run,) = wait_for("the run to start", lambda: runs_of(built.server.home, "slow"), 120)
     stream_until(built, "slow", run["runId"], "started-slow")
     assert built.templates.get(RG, "slow").properties.last_run_status.run_state == "Running"
+    # One build at a time: another template's run waits in the queue, and can be canceled there.
+    queued = built.templates.begin_run(RG, "deb12")
+    waiting = built.templates.get(RG, "deb12").properties.last_run_status
+    assert (waiting.run_state, waiting.run_sub_state) == ("Running", "Queued")
+    built.templates.begin_cancel(RG, "deb12").result()
+    with pytest.raises(HttpResponseError):
+        queued.result()
+    assert built.templates.get(RG, "deb12").properties.last_run_status.run_state == "Canceled"
     with pytest.raises(HttpResponseError):  # a delete while it builds is refused until it is canceled
         built.templates.begin_delete(RG, "slow").result()
     built.templates.begin_cancel(RG, "slow").result()

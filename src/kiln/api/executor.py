@@ -72,7 +72,11 @@ class ChildProcessExecutor:
                 return False
             job.canceled = True
             pid = job.pid
-        if pid is not None:
+            if pid is None:  # still queued: it ends now, and its worker will skip it
+                del self._jobs[op_id]
+        if pid is None:
+            self.on_done(job, -signal.SIGTERM)
+        else:
             _signal_group(pid, signal.SIGTERM)
             threading.Timer(KILL_AFTER_S, self._kill_if_running, (job,)).start()
         return True
@@ -112,6 +116,8 @@ class ChildProcessExecutor:
 
     def _run(self, job: Job) -> None:
         with self._lock:
+            if job.canceled and self._jobs.get(job.op_id) is not job:
+                return  # canceled while queued: ended already
             if job.canceled or self._stopping:
                 start = False
             else:
