@@ -168,7 +168,10 @@ def test_403_out_of_scope_or_read_only(server, token) -> None:
     with pytest.raises(ClientAuthenticationError):
         reader.virtual_machine_image_templates.get(RG, "any")
     listed = json.loads(kiln(server.home, "token", "list", "--json").stdout)
-    assert [t["name"] for t in listed] == ["writer"]
+    assert [(t["name"], t["subscriptions"], t["readOnly"]) for t in listed] == [("writer", [SUB.lower()], False)]
+    anywhere = server.client(server.token("anywhere"), OTHER_SUB)  # no --subscription: any subscription
+    assert list(anywhere.virtual_machine_image_templates.list()) == []
+    kiln(server.home, "token", "revoke", "anywhere")
     assert token not in kiln(server.home, "token", "list", "--json").stdout
     catalog = b"".join(f.read_bytes() for f in server.home.glob("catalog.sqlite*"))
     assert hashlib.sha256(token.encode()).hexdigest().encode() in catalog  # its hash is kept...

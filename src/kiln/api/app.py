@@ -227,7 +227,7 @@ def create_app(service: Service) -> FastAPI:
     @app.get(OPS + "/operations/{op_id}")
     def operation_status(request: Request, sub: str, loc: str, op_id: str) -> Response:
         guard(request, sub)
-        status = service.operation(sub, op_id, base(request), loc)
+        status = service.operation(sub, op_id, loc)
         # The poller waits what Retry-After says, else 30 s: one second while the operation runs.
         return JSONResponse(status, headers={"Retry-After": "1"} if status["status"] == "InProgress" else {})
 

@@ -130,7 +130,7 @@ class Service:
 
     def patch(self, rid: ResourceId, body: dict[str, Any], who: str, base: str) -> dict[str, Any]:
         existing = self._existing(rid)
-        if self.resources().in_progress("run", rid):
+        if self.building(rid):
             raise ArmError(409, "Conflict", f"image template {rid.name!r} has a build in progress; cancel it or wait")
         new = json.loads(json.dumps(existing.body))
         for key in ("tags", "identity"):
@@ -152,13 +152,20 @@ class Service:
         res = self.resources()
         if res.get(rid) is None:
             return None
-        if res.in_progress("run", rid):
+        if self.building(rid):
             raise ArmError(409, "Conflict", f"image template {rid.name!r} has a build in progress; cancel it first "
                            "(POST .../cancel), then delete it")
         res.delete(rid)  # its runs' images, galleries' versions and VHDs stay where they were published
         op = res.start_operation("delete", rid)
         res.end_operation(op.id, "Succeeded")
         return op
+
+    def building(self, rid: ResourceId) -> list[Operation]:
+        """The template's run operations whose build has not ended (queued, or its run not final yet).
+        A run whose child is still exiting has a final state already and blocks nothing."""
+        store = self.store()
+        return [op for op in self.resources().in_progress("run", rid)
+                if not op.run_id or store.runs.get(op.run_id).run_state not in FINAL_STATES]
 
     def _existing(self, rid: ResourceId) -> TemplateResource:
         rec = self.resources().get(rid)
@@ -175,24 +182,26 @@ class Service:
     # ------------------------------------------------------------------ runs
 
     def run(self, rid: ResourceId) -> Operation:
-        self._existing(rid)
+        rec = self._existing(rid)
         res = self.resources()
-        if res.in_progress("run", rid):
+        if self.building(rid):
             raise ArmError(409, "Conflict", f"image template {rid.name!r} has a run in progress already")
         op = res.start_operation("run", rid)
-        self.executor.submit(Job(op.id, str(self._existing(rid).id)))
+        self.executor.submit(Job(op.id, str(rec.id)))
         return op
 
     def cancel(self, rid: ResourceId) -> Operation:
         self._existing(rid)
         res = self.resources()
-        running = res.in_progress("run", rid)
+        running = self.building(rid)
         if not running:
             raise ArmError(409, "Conflict", f"image template {rid.name!r} has no run in progress to cancel")
         op = res.start_operation("cancel", rid)
         for r in running:
-            if r.run_id:
-                self.store().runs.update(r.run_id, run_state="Canceling")
+            if r.run_id:  # AIB's Canceling, unless the run has just ended on its own
+                with self.store().catalog.write() as db:
+                    db.execute("UPDATE runs SET run_state = 'Canceling' WHERE run_id = ? AND run_state = 'Running'",
+                               (r.run_id,))
             if not self.executor.cancel(r.id):  # it ended meanwhile
                 res.end_operation(op.id, "Succeeded")
         return op
@@ -264,7 +273,7 @@ class Service:
 
     # ------------------------------------------------------------------ operations
 
-    def operation(self, subscription: str, op_id: str, base: str, location: str) -> dict[str, Any]:
+    def operation(self, subscription: str, op_id: str, location: str) -> dict[str, Any]:
         op = self.resources().operation(op_id)
         if op is None or ids.parse(op.template_key).subscription.lower() != subscription.lower():
             raise ArmError(404, "ResourceNotFound", f"operation {op_id!r} does not exist")

@@ -51,8 +51,8 @@ def token_group() -> None:
 
 @token_group.command("create")
 @click.argument("name")
-@click.option("--subscription", "subscriptions", multiple=True, required=True,
-              help="A subscription id the token may use (repeatable; '*' for any).")
+@click.option("--subscription", "subscriptions", multiple=True,
+              help="A subscription id the token may use (repeatable; default: any subscription).")
 @click.option("--read-only", is_flag=True, help="GET only: no PUT, PATCH, POST or DELETE.")
 @pass_app
 def token_create(app: App, name: str, subscriptions: tuple[str, ...], read_only: bool) -> None:
@@ -60,7 +60,7 @@ def token_create(app: App, name: str, subscriptions: tuple[str, ...], read_only:
     from kiln.store.tokens import Tokens
 
     with open_store(app) as store:
-        secret = Tokens(store.catalog).create(name, subscriptions, read_only=read_only)
+        secret = Tokens(store.catalog).create(name, subscriptions or ("*",), read_only=read_only)
     click.echo(secret)
 
 
