@@ -120,6 +120,22 @@ def test_the_log_endpoint_serves_the_runs_log(built: Built) -> None:
     stream_until(built, "deb12", run["runId"], "hello-from-the-api")
 
 
+def test_the_events_endpoint_serves_the_runs_events(built: Built) -> None:
+    """The same events `kiln build --progress json` prints, each naming its run and step."""
+    (run,) = runs_of(built.server.home, "deb12")
+    r = requests.get(f"{built.server.url}{P}/deb12/runs/{run['runId']}/events", params={"api-version": API_VERSION},
+                     headers={"Authorization": f"Bearer {built.token}"}, timeout=60)
+    assert r.status_code == 200
+    events = [json.loads(line) for line in r.text.splitlines()]
+    assert events and {e["run_id"] for e in events} == {run["runId"]}
+    assert all(e["step_id"] for e in events)
+    assert {e["step_id"] for e in events if e["kind"] == "step"} >= {"source", "customize", "customize[0]", "assemble",
+                                                                     "validate", "distribute"}
+    said = [e for e in events if e["kind"] == "log" and "hello-from-the-api" in e["message"]]
+    assert said and {e["step_id"] for e in said} == {"customize[0]"}
+    assert events[-1]["kind"] == "finish" and events[-1]["ok"] is True
+
+
 def test_a_second_run_canceled_mid_build_ends_canceled_and_leaves_the_host_clean(built: Built) -> None:
     built.templates.begin_create_or_update(RG, "slow", debian12(SLOW_IMAGE_ID, "echo started-slow", "sleep 900")).result()
     running = built.templates.begin_run(RG, "slow")

@@ -222,6 +222,14 @@ def create_app(service: Service) -> FastAPI:
         run = service.run_of(template_id(sub, rg, name), run_id)
         return StreamingResponse(_follow(service, run.run_id, run.log_path), media_type="text/plain; charset=utf-8")
 
+    @app.get(P + "/{name}/runs/{run_id}/events")
+    def run_events(request: Request, sub: str, rg: str, name: str, run_id: str) -> Response:
+        """kiln's extension: the run's events as JSON lines (each with its run_id and step_id), followed."""
+        guard(request, sub)
+        run = service.run_of(template_id(sub, rg, name), run_id)
+        return StreamingResponse(_follow(service, run.run_id, str(service.events_path(run.run_id))),
+                                 media_type="application/x-ndjson")
+
     # ---------------------------------------------------------------- operations
 
     @app.get(OPS + "/operations/{op_id}")

@@ -21,6 +21,7 @@ import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from kiln import ids
@@ -211,6 +212,9 @@ class Service:
         if run_id and job.run_id != run_id:
             job.run_id = run_id
             self.resources().set_run(job.op_id, run_id)
+        if run_id:  # kept beside the run's log, for GET .../runs/{runId}/events
+            with self.events_path(run_id).open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(data) + "\n")
         fields = {k: v for k, v in data.items() if k in Event.__dataclass_fields__}
         try:
             self.monitor.emit(Event(**fields))
@@ -267,6 +271,9 @@ class Service:
         if run is None or run.template_id != rid:
             raise ArmError(404, "ResourceNotFound", f"image template {rid.name!r} has no run {run_id!r}")
         return run
+
+    def events_path(self, run_id: str) -> Path:
+        return self.config.runs_dir / run_id / "events.jsonl"
 
     def run_ended(self, run_id: str) -> bool:
         return self.store().runs.get(run_id).run_state in FINAL_STATES
