@@ -23,6 +23,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def assemble_disk(
     needed = _root_needs(used)
     if root_size < needed:
         raise InvalidInput(
-            f"the disk size {size_bytes / GiB:.0f} GiB is too small for this image: its root needs "
+            f"the disk size {total / GiB:.0f} GiB is too small for this image: its root needs "
             f"{(needed + esp_size + 2 * MiB) / GiB:.1f} GiB",
             path=".properties.vmProfile.osDiskSizeGB",
             hint=f"set osDiskSizeGB to at least {-(-(needed + esp_size + 2 * MiB) // GiB)}, or leave it out",
@@ -144,7 +145,7 @@ def find_kernel(root: Path) -> tuple[Path, Path, str]:
     return vmlinuz, initrd, version
 
 
-def _version_key(version: str) -> tuple:
+def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-+~]", version))
 
 
@@ -174,7 +175,7 @@ def _align_up(n: int, to: int) -> int:
     return -(-n // to) * to
 
 
-def _timed(monitor: Monitor, what: str, fn) -> None:
+def _timed(monitor: Monitor, what: str, fn: Callable[[], None]) -> None:
     t0 = time.monotonic()
     fn()
     monitor.log(f"assemble: {what} in {time.monotonic() - t0:.1f} s")
@@ -228,7 +229,7 @@ def _write_esp(out: Path, esp: Partition, boot: BootConfig, kernel: Path, initrd
 
 def _write_root(out: Path, rootp: Partition, root: Path, inodes: int) -> None:
     # ^orphan_file: newer e2fsprogs enable it by default, and Debian 11's kernel and e2fsck refuse it.
-    cmd = ["mkfs.ext4", "-q", "-F", "-t", "ext4", "-O", "^orphan_file", "-L", "root", "-U", rootp.fs_uuid,
+    cmd: list[str | Path] = ["mkfs.ext4", "-q", "-F", "-t", "ext4", "-O", "^orphan_file", "-L", "root", "-U", rootp.fs_uuid,
            "-d", root, "-E", f"offset={rootp.offset}"]
     # mkfs's default of one inode per 16 KiB is too few for a small disk full of small files.
     if inodes * 2 > rootp.size // 16384:

@@ -11,7 +11,6 @@ ready-to-use command are printed).
 
 from __future__ import annotations
 
-import base64
 import shlex
 import shutil
 import signal
@@ -21,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from kiln.config import Config
@@ -40,17 +40,18 @@ from kiln.pipeline.context import (
 from kiln.pipeline.recorder import RunRecorder
 from kiln.store.blobs import KnownDigest
 from kiln.template.model import (
-    FileStep,
     ImageTemplate,
+    IsoSource,
     ManagedImageSource,
-    PowerShellStep,
+    PlatformImageSource,
     SharedImageVersionSource,
-    ShellStep,
+    Source,
 )
 
 if TYPE_CHECKING:
     from kiln.store.runs import RunOutput
     from kiln.store.store import Store
+    from kiln.validate.boottest import GuestScript
 
 
 class BuildTimeout(BuildFailed):
@@ -302,36 +303,14 @@ def outcome(checked: Validation, outputs: Sequence[RunOutput]) -> tuple[str, str
     return "Succeeded", ""
 
 
-def guest_scripts(ctx: BuildContext) -> list:
-    """inVMValidations as shell scripts for the guest (File: the bytes embedded, written to the path)."""
-    from kiln.fetch import Fetcher
-    from kiln.validate.boottest import GuestScript
+def guest_scripts(ctx: BuildContext) -> list[GuestScript]:
+    """inVMValidations as the scripts the guest runs, each written by its step type (kiln.customizers)."""
+    from kiln.customizers.guest import in_vm_scripts
 
-    fetcher = Fetcher(ctx.config, ctx.monitor)
-    scripts = []
-    for i, step in enumerate(ctx.template.validate.in_vm_validations):
-        name = step.name or f"{step.type}-{i}"
-        if isinstance(step, ShellStep | PowerShellStep):
-            if step.inline is not None:
-                body = "\n".join(step.inline)
-            else:
-                body = fetcher.fetch_text(step.script_uri, step.sha256_checksum, what=f"inVMValidations[{i}].scriptUri")
-            if isinstance(step, PowerShellStep):
-                body = "command -v pwsh >/dev/null || { echo 'pwsh is not installed in this image' >&2; exit 127; }\n" \
-                    f"pwsh -NoProfile -NonInteractive -Command {shlex.quote(body)}"
-            scripts.append(GuestScript(name=name, content=("set -e\n" + body + "\n").encode()))
-        elif isinstance(step, FileStep):
-            data = fetcher.fetch_bytes(step.source_uri, step.sha256_checksum, what=f"inVMValidations[{i}].sourceUri")
-            encoded = base64.b64encode(data).decode()
-            dest = shlex.quote(step.destination)
-            scripts.append(GuestScript(
-                name=name,
-                content=f"set -e\nmkdir -p \"$(dirname {dest})\"\necho {encoded} | base64 -d > {dest}\n".encode(),
-            ))
-    return scripts
+    return in_vm_scripts(ctx.template.validate.in_vm_validations, ctx.config, ctx.monitor)
 
 
-def source_disk(ctx: BuildContext, source) -> tuple[Path, str, str | None]:
+def source_disk(ctx: BuildContext, source: Source) -> tuple[Path, str, str | None]:
     """The stored disk behind a ManagedImage or SharedImageVersion source: (path, format, version)."""
     if isinstance(source, ManagedImageSource):
         image = ctx.store.images.get(source.image_id)
@@ -343,15 +322,14 @@ def source_disk(ctx: BuildContext, source) -> tuple[Path, str, str | None]:
 
 
 def describe_source(t: ImageTemplate) -> str:
-    s = t.source
-    match s.type:
-        case "PlatformImage":
+    match t.source:
+        case PlatformImageSource() as s:
             return f"PlatformImage {s.publisher}:{s.offer}:{s.sku}:{s.version}"
-        case "ManagedImage":
+        case ManagedImageSource() as s:
             return f"ManagedImage {s.image_id}"
-        case "SharedImageVersion":
+        case SharedImageVersionSource() as s:
             return f"SharedImageVersion {s.image_version_id}"
-        case _:
+        case IsoSource() as s:
             return f"ISO {s.source_uri}"
 
 
@@ -408,7 +386,7 @@ def deadline(seconds: float) -> Iterator[None]:
         yield
         return
 
-    def expire(signum, frame):
+    def expire(signum: int, frame: FrameType | None) -> None:
         raise BuildTimeout(
             f"build timed out after {seconds / 60:g} minute(s) (buildTimeoutInMinutes)",
             hint="raise buildTimeoutInMinutes (up to 960) or make the customizers faster",
