@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -36,6 +36,7 @@ log = logging.getLogger("kiln.api")
 P = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.VirtualMachineImages/imageTemplates"
 OPS = "/subscriptions/{sub}/providers/Microsoft.VirtualMachineImages/locations/{loc}"
 LOG_CHUNK = 64 * 1024
+CallNext = Callable[[Request], Awaitable[Response]]
 _CANONICAL = {w.lower(): w for w in ("subscriptions", "resourceGroups", "providers", PROVIDER, "imageTemplates",
                                      "runOutputs", "runs", "log", "run", "cancel", "locations", "operations",
                                      "operationResults")}
@@ -43,7 +44,7 @@ _CANONICAL = {w.lower(): w for w in ("subscriptions", "resourceGroups", "provide
 
 def create_app(service: Service) -> FastAPI:
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await run_in_threadpool(service.close)
 
@@ -78,13 +79,13 @@ def create_app(service: Service) -> FastAPI:
                             status_code=500)
 
     @app.middleware("http")
-    async def canonical_path(request: Request, call_next):
+    async def canonical_path(request: Request, call_next: CallNext) -> Response:
         # ARM's paths are case-insensitive (`resourcegroups`, `microsoft.virtualmachineimages`).
         request.scope["path"] = "/".join(_CANONICAL.get(p.lower(), p) for p in request.scope["path"].split("/"))
         return await call_next(request)
 
     @app.middleware("http")
-    async def body_limit(request: Request, call_next):
+    async def body_limit(request: Request, call_next: CallNext) -> Response:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > max_body):
             return JSONResponse(_too_large(max_body).body(), status_code=413)
@@ -150,14 +151,14 @@ def create_app(service: Service) -> FastAPI:
     # ---------------------------------------------------------------- image templates
 
     @app.get("/subscriptions/{sub}/providers/Microsoft.VirtualMachineImages/imageTemplates")
-    def list_by_subscription(request: Request, sub: str) -> dict:
+    def list_by_subscription(request: Request, sub: str) -> dict[str, Any]:
         guard(request, sub)
-        return service.list(base(request), sub)
+        return service.templates(base(request), sub)
 
     @app.get(P)
-    def list_by_resource_group(request: Request, sub: str, rg: str) -> dict:
+    def list_by_resource_group(request: Request, sub: str, rg: str) -> dict[str, Any]:
         guard(request, sub)
-        return service.list(base(request), sub, rg)
+        return service.templates(base(request), sub, rg)
 
     @app.put(P + "/{name}")
     async def create_or_update(request: Request, sub: str, rg: str, name: str) -> Response:
@@ -177,7 +178,7 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse(await run_in_threadpool(service.patch, rid, body, token.name, base(request)))
 
     @app.get(P + "/{name}")
-    def get(request: Request, sub: str, rg: str, name: str) -> dict:
+    def get(request: Request, sub: str, rg: str, name: str) -> dict[str, Any]:
         guard(request, sub)
         return service.get(template_id(sub, rg, name), base(request))
 
@@ -206,12 +207,12 @@ def create_app(service: Service) -> FastAPI:
         return Response(status_code=202, headers=async_headers(request, sub, location_of(rid), op.id, "operations"))
 
     @app.get(P + "/{name}/runOutputs")
-    def run_outputs(request: Request, sub: str, rg: str, name: str) -> dict:
+    def run_outputs(request: Request, sub: str, rg: str, name: str) -> dict[str, Any]:
         guard(request, sub)
         return {"value": service.run_outputs(template_id(sub, rg, name))}
 
     @app.get(P + "/{name}/runOutputs/{out}")
-    def run_output(request: Request, sub: str, rg: str, name: str, out: str) -> dict:
+    def run_output(request: Request, sub: str, rg: str, name: str, out: str) -> dict[str, Any]:
         guard(request, sub)
         return service.run_output(template_id(sub, rg, name), out)
 

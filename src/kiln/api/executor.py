@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Any, Protocol
 
 KILL_AFTER_S = 60.0  # SIGTERM first (the pipeline cleans up), then SIGKILL
 
@@ -42,7 +42,7 @@ class Executor(Protocol):
     def shutdown(self) -> list[Job]: ...
 
 
-OnEvent = Callable[[Job, dict], None]
+OnEvent = Callable[[Job, dict[str, Any]], None]
 OnDone = Callable[[Job, int], None]
 
 
@@ -147,7 +147,7 @@ class ChildProcessExecutor:
         self.on_done(job, code)
 
 
-def _tail(stream, into: collections.deque[str]) -> None:
+def _tail(stream: IO[str], into: collections.deque[str]) -> None:
     for line in stream:
         into.append(line.rstrip("\n"))
 

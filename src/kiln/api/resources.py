@@ -68,7 +68,7 @@ class Resources:
         with self.catalog.write() as db:
             db.execute("DELETE FROM api_templates WHERE key = ?", (rid.key,))
 
-    def list(self, subscription: str, resource_group: str | None = None) -> list[TemplateResource]:
+    def templates(self, subscription: str, resource_group: str | None = None) -> list[TemplateResource]:
         prefix = f"/subscriptions/{subscription}/".lower()
         if resource_group is not None:
             prefix += f"resourcegroups/{resource_group}/".lower()
@@ -107,7 +107,7 @@ class Resources:
                               (status, json.dumps(error) if error else "", now(), op_id)).rowcount == 1
 
     def in_progress(self, kind: str | None = None, rid: ResourceId | None = None) -> list[Operation]:
-        sql, args = "SELECT * FROM api_operations WHERE status = 'InProgress'", []
+        sql, args = "SELECT * FROM api_operations WHERE status = 'InProgress'", list[str]()
         if kind is not None:
             sql, args = sql + " AND kind = ?", [*args, kind]
         if rid is not None:

@@ -101,10 +101,10 @@ class Service:
     def get(self, rid: ResourceId, base: str) -> dict[str, Any]:
         return self.render(self._existing(rid), base)
 
-    def list(self, base: str, subscription: str, resource_group: str | None = None) -> dict[str, Any]:
-        return {"value": [self.render(r, base) for r in self.resources().list(subscription, resource_group)]}
+    def templates(self, base: str, subscription: str, resource_group: str | None = None) -> dict[str, Any]:
+        return {"value": [self.render(r, base) for r in self.resources().templates(subscription, resource_group)]}
 
-    def put(self, rid: ResourceId, body: dict[str, Any], api_version: str, who: str, base: str) -> tuple[int, dict, Operation | None]:
+    def put(self, rid: ResourceId, body: dict[str, Any], api_version: str, who: str, base: str) -> tuple[int, dict[str, Any], Operation | None]:
         """Create (201 and an operation) or confirm an identical template (200)."""
         clean = {k: body[k] for k in WRITABLE if k in body}
         clean["apiVersion"] = api_version
@@ -258,7 +258,7 @@ class Service:
 
     def run_output(self, rid: ResourceId, name: str) -> dict[str, Any]:
         for o in self.run_outputs(rid):
-            if o["name"].lower() == name.lower():
+            if str(o["name"]).lower() == name.lower():
                 return o
         raise ArmError(404, "ResourceNotFound", f"run output {name!r} of image template {rid.name!r} does not exist")
 
@@ -306,7 +306,7 @@ class Service:
             props["lastRunStatus"] = status
         short = hashlib.sha256(rid.key.encode()).hexdigest()[:8]
         props["exactStagingResourceGroup"] = f"/subscriptions/{rid.subscription}/resourceGroups/IT_{rid.resource_group}_{rid.name}_{short}"
-        out = {"id": str(rid), "name": rid.name, "type": ids.IMAGE_TEMPLATE}
+        out: dict[str, Any] = {"id": str(rid), "name": rid.name, "type": ids.IMAGE_TEMPLATE}
         out.update({k: rec.body[k] for k in ("location", "tags", "identity") if k in rec.body})
         out["properties"] = props
         out["systemData"] = {"createdBy": rec.created_by, "createdByType": "Application", "createdAt": _iso(rec.created),

@@ -31,7 +31,7 @@ class Token:
     def allows(self, subscription: str) -> bool:
         return "*" in self.subscriptions or subscription.lower() in self.subscriptions
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, object]:
         return {"name": self.name, "subscriptions": list(self.subscriptions), "readOnly": self.read_only,
                 "created": self.created}
 
