@@ -30,6 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from store_common import MIB, Timer, free_bytes, make_sparse_disk, used_bytes  # noqa: E402
 
+from kiln.ids import NULL_SUBSCRIPTION  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "tests" / "factory" / "data" / "Configuration" / "GoldenImages" / "Debian" / "base.json"
 SUB = "22222222-0000-0000-0000-000000000000"
@@ -68,7 +70,7 @@ def setup(base: Path, n_images: int, n_labs: int, size: int, used: int, tag: str
     labs = {"Labs": [{"SubscriptionId": SUB, "ResourceGroup": "bench", "LabName": f"lab{j:03d}", "ImagePaths": ["bench"]}
                      for j in range(n_labs)]}
     (cfg / "Labs.json").write_text(json.dumps(labs))
-    factory_rg = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/kiln-factory"
+    factory_rg = f"/subscriptions/{NULL_SUBSCRIPTION}/resourceGroups/kiln-factory"
     for i in range(n_images):
         template["name"] = f"img{i:02d}"
         (cfg / "GoldenImages" / "bench" / f"img{i:02d}.json").write_text(json.dumps(template))

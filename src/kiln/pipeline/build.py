@@ -341,7 +341,7 @@ def template_resource_id(t: ImageTemplate) -> ResourceId:
         rid = ids.try_parse(getattr(target, "image_id", "") or getattr(target, "gallery_image_id", ""))
         if rid:
             return ResourceId(rid.subscription, rid.resource_group, "Microsoft.VirtualMachineImages", ("imageTemplates",), (t.name,))
-    return ResourceId("00000000-0000-0000-0000-000000000000", "kiln", "Microsoft.VirtualMachineImages", ("imageTemplates",), (t.name,))
+    return ResourceId(ids.NULL_SUBSCRIPTION, "kiln", "Microsoft.VirtualMachineImages", ("imageTemplates",), (t.name,))
 
 
 def abort_requested(ctx: BuildContext, space: Workspace, mode: str, error: KilnError) -> bool:
