@@ -167,7 +167,7 @@ class IsolatedRoot:
         """The host command line that runs `argv` inside the root (for logs and `abort` hints)."""
         mode, path = _resolv_plan(self.root)
         bwrap = [
-            "--die-with-parent", "--new-session",
+            "--die-with-parent", "--new-session", "--as-pid-1",  # the command is pid 1, as before
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--hostname", self.hostname,
             "--bind", str(self.root), "/",
@@ -178,7 +178,7 @@ class IsolatedRoot:
             "--perms", "1777", "--dir", "/run/lock",
         ]
         if mode != "none":
-            bwrap += ["--ro-bind-data", "6", path]
+            bwrap += ["--perms", "0644", "--ro-bind-data", "6", path]  # bwrap's default 0600 hides it from _apt
         if stage is not None:
             bwrap += ["--ro-bind", str(stage.absolute()), STAGE_DIR]
         bwrap += ["--cap-drop", "ALL"]
