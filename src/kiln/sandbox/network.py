@@ -10,7 +10,7 @@ otherwise let through to the host itself is shut:
 - the host's own addresses: before the capabilities are dropped, the launcher adds `prohibit`
   routes inside the namespace for every address the host has (and for link-local space, where
   cloud metadata services live), so a connection to them fails with EACCES instead of being
-  carried to the host. The host's primary address, copied into the namespace, is local there:
+  carried to the host; likewise the gateway's address. The host's primary address, copied into the namespace, is local there:
   connecting to it reaches the namespace itself;
 - IPv4 only (`-4`, IPv6 disabled inside): no IPv6 link-local path to the host to reason about.
 
@@ -39,7 +39,7 @@ def pasta_argv() -> list[str]:
 
 
 def prohibited_routes() -> list[str]:
-    """Destinations the namespace must not reach: the host's IPv4 addresses (not loopback's)."""
+    """Destinations the namespace must not reach: the host's IPv4 addresses and its gateway."""
     out = run(["ip", "-j", "-4", "addr", "show"], capture=True).stdout
     found = []
     for link in json.loads(out or "[]"):
@@ -47,4 +47,8 @@ def prohibited_routes() -> list[str]:
             address = ipaddress.ip_address(info.get("local", "0.0.0.0"))
             if address.version == 4 and not address.is_loopback and not address.is_unspecified:
                 found.append(f"{address}/32")
+    # The gateway too: pasta maps it to the host unless --no-map-gw, and no step has business with
+    # the router itself. Routed traffic is unaffected (the default route's next hop is a neighbour).
+    routes = json.loads(run(["ip", "-j", "-4", "route", "show", "default"], capture=True).stdout or "[]")
+    found += [f"{r['gateway']}/32" for r in routes if r.get("gateway")]
     return sorted(set(found)) + list(ALWAYS_PROHIBITED)
