@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from debian_root import TEST_CACHE, missing_tools
 
+from debian_root import TEST_CACHE, missing_tools
 from envcheck import unavailable
 from kiln.sandbox import limits
 
