@@ -85,6 +85,11 @@ try bpf door 321 0 0 0
 try keyctl door 250 0 0 0 0 0
 try reboot door 169 0 0 0 0
 
+# --- sysctls the host kernel acts on as root (each write puts back the value already there)
+try sysctl-core-pattern sh -c 'v=$(cat /proc/sys/kernel/core_pattern) && echo "$v" > /proc/sys/kernel/core_pattern'
+try sysctl-modprobe sh -c 'v=$(cat /proc/sys/kernel/modprobe) && echo "$v" > /proc/sys/kernel/modprobe'
+try sysrq sh -c 'echo h > /proc/sysrq-trigger'
+
 # --- processes outside: ptrace and kill of the test's own process
 try ptrace-host-pid sys 101 16 "$HOSTPID" 0 0
 try kill-host-pid kill -9 "$HOSTPID"
@@ -259,7 +264,7 @@ def test_every_escape_is_refused_and_apt_still_works(home: Path, tmp_path: Path,
                 "proc-host-pid-root", "dotdot-stage", "dotdot-sys", "dotdot-dev", "dotdot-proc", "mknod-block",
                 "read-block", "mount-tmpfs", "mount-bind", "mount-proc", "mount-syscall", "unshare-mount",
                 "unshare-user", "module-init", "module-finit", "kexec-load", "kexec-file-load", "bpf", "keyctl",
-                "reboot", "ptrace-host-pid", "kill-host-pid", "tcp-host-loopback", "tcp-gateway-mapped-to-host",
+                "reboot", "sysctl-core-pattern", "sysctl-modprobe", "sysrq", "ptrace-host-pid", "kill-host-pid", "tcp-host-loopback", "tcp-gateway-mapped-to-host",
                 "file-symlink-chain"} | {f"tcp-host-address-{lst.address.replace(':', '-')}" for lst in own}
     assert expected <= names, f"missing: {expected - names}"
     assert any(n.startswith("mknod-host-disk-") for n in names) or not list(Path("/sys/class/block").iterdir())

@@ -172,6 +172,9 @@ class IsolatedRoot:
             "--hostname", self.hostname,
             "--bind", str(self.root), "/",
             "--proc", "/proc",
+            # bwrap leaves /proc/sys writable; root there could set kernel.core_pattern or
+            # kernel.modprobe (programs the host kernel runs as root): read-only.
+            "--ro-bind", "/proc/sys", "/proc/sys",
             "--dev", "/dev",
             "--ro-bind", "/sys", "/sys",
             "--tmpfs", "/run",
