@@ -1,0 +1,32 @@
+"""kiln.sandbox.limits: what `probe()` reports (for `kiln doctor`) is what a sandboxed run gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from kiln.sandbox import limits
+
+
+def test_probe_matches_the_cgroups_a_run_gets() -> None:
+    available = limits.probe()
+    groups = limits.Cgroups(limits.Settings(memory_bytes=64 * 2**20, pids_max=50))
+    made = list(groups.dirs.values())
+    try:
+        assert ("memory" in groups.dirs) == available.memory
+        assert ("pids" in groups.dirs) == available.pids
+        assert len(available.why_not) == (not available.memory) + (not available.pids)
+        if available.memory:
+            assert int((groups.dirs["memory"] / "memory.limit_in_bytes").read_text()) == 64 * 2**20
+        if available.pids:
+            assert (groups.dirs["pids"] / "pids.max").read_text().strip() == "50"
+        assert groups.oom_kills() == 0 and groups.fork_refusals() == 0
+    finally:
+        groups.remove()
+    assert [d for d in made if d.exists()] == []
+
+
+@pytest.mark.parametrize(("value", "expected"), [("512", 512 * 2**20), ("0", 0)])
+def test_memory_limit_from_the_environment(monkeypatch: pytest.MonkeyPatch, value: str, expected: int) -> None:
+    monkeypatch.setenv("KILN_SANDBOX_MEMORY_MIB", value)
+    monkeypatch.setenv("KILN_SANDBOX_PIDS_MAX", "77")
+    assert limits.settings() == limits.Settings(memory_bytes=expected, pids_max=77)
