@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -351,3 +352,24 @@ def test_memory_hog_fails_its_build(home: Path, tmp_path: Path) -> None:
     assert "hogging" in log and "ran out of memory" in log
     assert host.runs > 0 and host.failures == []
     assert kiln_cgroups() == []
+
+
+def test_a_device_node_that_came_with_the_image_cannot_be_opened(fresh_root: Path) -> None:
+    """mknod is refused inside, but an image (an ISO, a disk) may carry a node for the host's disk."""
+    from kiln.sandbox.isolated import IsolatedRoot
+
+    if not limits.probe().devices:
+        unavailable(f"the devices cgroup is unavailable here: {limits.probe().why_not}")
+    disks = sorted(Path("/sys/class/block").glob("*/dev"), key=lambda p: p.parent.name.startswith("loop"))
+    if not disks:
+        unavailable("the host has no block device to point a node at")
+    major, minor = (int(n) for n in disks[0].read_text().split(":"))
+    node = fresh_root / "tmp/kiln-host-disk"
+    os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(major, minor))
+    try:
+        with IsolatedRoot(fresh_root) as sandbox:
+            done = sandbox.run(["sh", "-c", "ls -l /tmp/kiln-host-disk; dd if=/tmp/kiln-host-disk of=/dev/null bs=512 count=1"])
+    finally:
+        node.unlink()
+    assert not done.ok, done.tail
+    assert "failed to open '/tmp/kiln-host-disk'" in done.tail, done.tail  # EPERM or EACCES: the devices cgroup

@@ -14,7 +14,11 @@ def test_probe_matches_the_cgroups_a_run_gets() -> None:
     try:
         assert ("memory" in groups.dirs) == available.memory
         assert ("pids" in groups.dirs) == available.pids
-        assert len(available.why_not) == (not available.memory) + (not available.pids)
+        assert ("devices" in groups.dirs) == available.devices
+        assert len(available.why_not) == (not available.memory) + (not available.pids) + (not available.devices)
+        if available.devices:
+            assert "c 1:3 rwm" in (groups.dirs["devices"] / "devices.list").read_text().splitlines()
+            assert "a *:* rwm" not in (groups.dirs["devices"] / "devices.list").read_text()
         if available.memory:
             assert int((groups.dirs["memory"] / "memory.limit_in_bytes").read_text()) == 64 * 2**20
         if available.pids:

@@ -1,6 +1,6 @@
-"""Resource limits for commands in an IsolatedRoot: a memory and a process-count cgroup per run.
+"""Resource limits for commands in an IsolatedRoot: memory, process-count and device cgroups per run.
 
-Only cgroup v1 `memory` and `pids` hierarchies are used (what kiln's machines have). Each run
+Only cgroup v1 `memory`, `pids` and `devices` hierarchies are used (what kiln's machines have). Each run
 gets child cgroups of the ones kiln itself sits in (never the hierarchy's root: kiln may itself
 be inside a limited memory cgroup, and a child can only narrow that), named
 kiln-sandbox-<kiln pid>-<n>, removed when the run ends; ones left by a killed kiln are removed by
@@ -12,6 +12,10 @@ What happens at a limit:
   oom_kill counter says why.
 - pids: fork() fails with EAGAIN; a fork bomb would spin there forever, so the first refusal
   (pids.events "max") makes kiln kill the whole step.
+
+- devices: only the character devices of the sandbox's minimal /dev may be opened (and
+  /dev/net/tun, which pasta opens from inside the cgroup). A device node that came with the
+  image itself (an ISO or a disk can carry a node for the host's disk) stays unusable.
 
 Defaults: memory = half the machine's RAM (at most 16 GiB), 4096 processes. The environment
 variables KILN_SANDBOX_MEMORY_MIB and KILN_SANDBOX_PIDS_MAX change them (0 = no limit).
@@ -29,6 +33,10 @@ from pathlib import Path
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PREFIX = "kiln-sandbox-"
 _seq = itertools.count()
+CONTROLLERS = ("memory", "pids", "devices")
+# null zero full random urandom, tty, ptmx, the private devpts' ptys, tun (for pasta)
+ALLOWED_DEVICES = ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm", "c 5:2 rwm",
+                   "c 136:* rwm", "c 10:200 rwm")
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,7 @@ class Availability:
 
     memory: bool
     pids: bool
+    devices: bool
     why_not: tuple[str, ...]
 
 
@@ -54,17 +63,17 @@ def settings() -> Settings:
 
 
 def probe() -> Availability:
-    """What the sandbox can limit here: the memory and pids cgroup v1 controllers, writable by kiln."""
+    """What the sandbox can limit here: the memory, pids and devices cgroup v1 controllers, writable by kiln."""
     why: list[str] = []
     found = {}
-    for controller in ("memory", "pids"):
+    for controller in CONTROLLERS:
         base, problem = _own_cgroup(controller)
         if base is not None and not os.access(base, os.W_OK):
             base, problem = None, f"{base} is not writable (kiln runs as uid {os.geteuid()})"
         found[controller] = base is not None
         if problem:
             why.append(f"{controller} limit unavailable: {problem}")
-    return Availability(memory=found["memory"], pids=found["pids"], why_not=tuple(why))
+    return Availability(memory=found["memory"], pids=found["pids"], devices=found["devices"], why_not=tuple(why))
 
 
 class Cgroups:
@@ -74,7 +83,7 @@ class Cgroups:
         self.limits = limits
         self.dirs: dict[str, Path] = {}
         name = f"{PREFIX}{os.getpid()}-{next(_seq)}"
-        for controller in ("memory", "pids"):
+        for controller in CONTROLLERS:
             base, _ = _own_cgroup(controller)
             if base is None or not os.access(base, os.W_OK):
                 continue
@@ -89,6 +98,10 @@ class Cgroups:
                         swap.write_text(str(limits.memory_bytes))
                 if controller == "pids" and limits.pids_max:
                     (path / "pids.max").write_text(str(limits.pids_max))
+                if controller == "devices":
+                    (path / "devices.deny").write_text("a")
+                    for rule in ALLOWED_DEVICES:
+                        (path / "devices.allow").write_text(rule)
             except OSError:
                 _rmdir(path)
                 continue
