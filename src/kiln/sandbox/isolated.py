@@ -10,6 +10,8 @@ are untrusted code, so each command runs in a sandbox made by bubblewrap (`bwrap
   any mount all lead back into the image. On top: a new /proc, bwrap's minimal /dev (null zero
   full random urandom tty, a private devpts, /dev/shm), the host's /sys read-only, a tmpfs /run,
   the host's resolv.conf as a read-only copy, and a host folder read-only at /run/kiln (`stage=`).
+  /proc/sys is read-only: root there could otherwise set kernel.core_pattern or kernel.modprobe,
+  programs the host kernel would run as root.
 - Processes: new pid, ipc, uts and cgroup namespaces; the command's pid namespace dies with it.
 - Capabilities: all are dropped but the ones package installation needs -
   CHOWN, FOWNER, FSETID, DAC_OVERRIDE (dpkg unpacking files owned by other users and setting
@@ -19,12 +21,16 @@ are untrusted code, so each command runs in a sandbox made by bubblewrap (`bwrap
   inside the image; it leads nowhere but the image), AUDIT_WRITE (useradd, passwd and su log
   to audit), NET_BIND_SERVICE (inside its own network namespace only). Never kept: SYS_ADMIN,
   SYS_MODULE, SYS_RAWIO, MKNOD, SYS_PTRACE, SYS_BOOT, SYS_TIME, NET_ADMIN, BPF and the rest.
-- no_new_privs (bwrap sets it) and a seccomp filter (kiln.sandbox.seccomp: mount, module loading,
-  kexec, bpf, keyctl, reboot, unshare/setns and namespace-creating clone are refused).
+- no_new_privs (bwrap sets it: no exec can gain a capability back, although bwrap 0.8 leaves
+  the bounding set full when run as root) and a seccomp filter (kiln.sandbox.seccomp: mount,
+  module loading, kexec, bpf, keyctl, reboot, unshare/setns and namespace-creating clone are
+  refused).
 - Network: its own network namespace made by pasta, IPv4 through pasta's user-mode stack; the
   host's loopback, its own addresses and link-local space are unreachable (kiln.sandbox.network).
-- Resources: a memory and a process-count cgroup per command (kiln.sandbox.limits); hitting either
-  fails the build with a message that says which.
+- Resources: a memory, a process-count and a devices cgroup per command (kiln.sandbox.limits);
+  hitting the memory or process limit fails the build with a message that says which; the
+  devices cgroup lets only the minimal /dev's character devices open (not a disk node an image
+  brought along). Where the host has no such cgroups, the run log says so once per root.
 
 Lifetimes: the launcher runs under `setpriv --pdeathsig KILL`, so it dies with kiln; pasta is its
 next image and bwrap is pasta's child with `--die-with-parent`; the command's pid namespace and
