@@ -79,6 +79,7 @@ for f in $CGROUPS; do echo $$ > "$f"; done
 for tool in pasta bwrap ip; do
   command -v $tool >/dev/null || { echo "kiln sandbox: $tool is not installed (run scripts/setup)" >&2; exit 127; }
 done
+[ -c /dev/net/tun ] || { echo "kiln sandbox: /dev/net/tun is missing (pasta needs it: modprobe tun)" >&2; exit 127; }
 exec 3>&2 2>/dev/null
 exec pasta """ + " ".join(network.PASTA_OPTIONS) + r""" -- /bin/sh -c "$INNER" kiln-net "$ROUTES" "$BPF" "$RESOLV" "$@"
 """
