@@ -34,3 +34,25 @@ def test_memory_limit_from_the_environment(monkeypatch: pytest.MonkeyPatch, valu
     monkeypatch.setenv("KILN_SANDBOX_MEMORY_MIB", value)
     monkeypatch.setenv("KILN_SANDBOX_PIDS_MAX", "77")
     assert limits.settings() == limits.Settings(memory_bytes=expected, pids_max=77)
+
+
+def test_the_devices_cgroup_refuses_block_devices() -> None:
+    """Without it, root inside the sandbox could open a disk node an image brought along (hosts
+    whose root filesystem is mounted nodev refuse that anyway; this checks the cgroup itself)."""
+    import subprocess
+    from pathlib import Path
+
+    if not limits.probe().devices:
+        pytest.skip("no devices cgroup here (limits.probe() says why)")
+    disks = [Path("/dev") / p.name for p in sorted(Path("/sys/class/block").iterdir()) if (Path("/dev") / p.name).exists()]
+    if not disks:
+        pytest.skip("no block device node in /dev")
+    probe = ["dd", f"if={disks[0]}", "of=/dev/null", "count=0"]
+    assert subprocess.run(probe, capture_output=True).returncode == 0  # control: the host itself may
+    groups = limits.Cgroups(limits.Settings(memory_bytes=0, pids_max=0))
+    try:
+        procs = groups.dirs["devices"] / "cgroup.procs"
+        done = subprocess.run(["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", *probe], capture_output=True, text=True)
+    finally:
+        groups.remove()
+    assert done.returncode != 0 and "Operation not permitted" in done.stderr, done.stderr
