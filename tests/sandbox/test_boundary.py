@@ -355,7 +355,10 @@ def test_memory_hog_fails_its_build(home: Path, tmp_path: Path) -> None:
 
 
 def test_a_device_node_that_came_with_the_image_cannot_be_opened(fresh_root: Path) -> None:
-    """mknod is refused inside, but an image (an ISO, a disk) may carry a node for the host's disk."""
+    """mknod is refused inside, but an image (an ISO, a disk) may carry a node for the host's disk.
+
+    Where the host's filesystem is mounted nodev the kernel refuses it for that reason too;
+    test_limits.py checks the devices cgroup on its own."""
     from kiln.sandbox.isolated import IsolatedRoot
 
     if not limits.probe().devices:
