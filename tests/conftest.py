@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-CONFORMANCE = REPO.parent / "shared" / "conformance"
+from corpus import REPO, conformance
+
+__all__ = ["REPO", "conformance"]
 
 
 @pytest.fixture
@@ -16,3 +17,9 @@ def kiln_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("KILN_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def corpus() -> Path:
+    """The conformance corpus folder (see tests/corpus.py: skipped, or failed under CI, without it)."""
+    return conformance()
