@@ -70,18 +70,17 @@ KEPT_CAPABILITIES = (
 # it. pasta prints harmless complaints about user-namespace maps as root: its stderr goes to
 # /dev/null, the command's stderr is handed through on fd 3.
 # Positional parameters: cgroup.procs files, prohibited routes, seccomp BPF path, resolv.conf
-# source, the inner script, then bwrap's arguments.
+# source, the inner script, pasta's options (split on spaces), then bwrap's arguments.
 _LAUNCHER = r"""
-set -eu
-CGROUPS=$1 ROUTES=$2 BPF=$3 RESOLV=$4 INNER=$5
-shift 5
+set -euf
+CGROUPS=$1 ROUTES=$2 BPF=$3 RESOLV=$4 INNER=$5 PASTA_OPTIONS=$6
+shift 6
 for f in $CGROUPS; do echo $$ > "$f"; done
 for tool in pasta bwrap ip; do
   command -v $tool >/dev/null || { echo "kiln sandbox: $tool is not installed (run scripts/setup)" >&2; exit 127; }
 done
 [ -c /dev/net/tun ] || { echo "kiln sandbox: /dev/net/tun is missing (pasta needs it: modprobe tun)" >&2; exit 127; }
-exec 3>&2 2>/dev/null
-exec pasta """ + " ".join(network.PASTA_OPTIONS) + r""" -- /bin/sh -c "$INNER" kiln-net "$ROUTES" "$BPF" "$RESOLV" "$@"
+exec pasta $PASTA_OPTIONS -- /bin/sh -c "$INNER" kiln-net "$ROUTES" "$BPF" "$RESOLV" "$@" 3>&2 2>/dev/null
 """
 
 # Inside the new network namespace, still with the host's capabilities and on the host's
@@ -199,7 +198,7 @@ class IsolatedRoot:
             "setpriv", "--pdeathsig", "KILL", "--",
             "/bin/sh", "-c", _LAUNCHER, "kiln-sandbox",
             " ".join(cgroups), " ".join(self._routes()), self._bpf_path(),
-            "/etc/resolv.conf" if mode != "none" else "/dev/null", _INNER,
+            "/etc/resolv.conf" if mode != "none" else "/dev/null", _INNER, " ".join(network.PASTA_OPTIONS),
             *bwrap,
         ]
 
