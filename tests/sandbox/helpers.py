@@ -8,17 +8,22 @@ from pathlib import Path
 
 
 def processes_in(root: Path) -> list[int]:
-    """Pids of processes whose root directory is `root` (i.e. chrooted into it)."""
-    target = str(root.resolve())
+    """Pids of processes whose root directory is `root` (chrooted or pivoted into it).
+
+    Compared by device and inode: after a pivot_root in another mount namespace, the host's
+    readlink of /proc/<pid>/root says "/", but the link still leads to the image's root folder.
+    """
+    target = os.stat(root)
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            if os.readlink(f"/proc/{entry}/root") == target:
-                found.append(int(entry))
+            st = os.stat(f"/proc/{entry}/root")
         except OSError:
             continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            found.append(int(entry))
     return found
 
 

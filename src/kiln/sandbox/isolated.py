@@ -1,31 +1,50 @@
 """Running commands inside a root tree, isolated from the host.
 
 An `IsolatedRoot` is the only way kiln runs anything inside an image's root tree (customizers,
-generalization, a deprovisioning script). Each command gets fresh mount, pid, uts and ipc
-namespaces made by util-linux `unshare`; inside them a small host-side shell prologue mounts
-/proc, /sys (read-only), a minimal /dev (null zero full random urandom tty, a private devpts,
-/dev/shm) and a tmpfs /run into the root, makes the host's resolv.conf visible there (network
-stays on: the network namespace is shared) and then `chroot`s into the root.
+generalization, a deprovisioning script), whatever source the root came from (platform image,
+ISO, ManagedImage, SharedImageVersion: the build opens every root through this class). Templates
+are untrusted code, so each command runs in a sandbox made by bubblewrap (`bwrap`):
 
-Why this shape:
-- Every mount is made inside the new mount namespace with private propagation, so nothing ever
-  appears on the host and nothing needs unmounting: when the namespace's last process exits,
-  the kernel drops its mounts, even if kiln was killed with SIGKILL.
-- The command becomes pid 1 of its pid namespace; when it exits, the kernel kills every process
-  it left behind (daemons a package started, `sleep &`). `unshare --kill-child` SIGKILLs that
-  pid 1 when `unshare` dies, and `setpriv --pdeathsig KILL` makes `unshare` die with kiln, so a
-  killed kiln (SIGTERM, SIGINT, SIGKILL) leaves no process behind.
-- While the root is open (`with IsolatedRoot(...)`), a `policy-rc.d` that returns 101 is in
-  place so package scripts start no services; it is removed on exit (and by generalize, should
-  kiln have been killed before it could remove it).
-- Scripts to run are not copied into the image: a host folder can be bind-mounted read-only at
-  /run/kiln inside the namespace (`stage=`), which vanishes with it.
+- Filesystem: the image root becomes the root of a new mount namespace (bwrap's pivot_root; the
+  host's root is detached and unmounted there), so a chroot escape, /proc/1/root and `..` through
+  any mount all lead back into the image. On top: a new /proc, bwrap's minimal /dev (null zero
+  full random urandom tty, a private devpts, /dev/shm), the host's /sys read-only, a tmpfs /run,
+  the host's resolv.conf as a read-only copy, and a host folder read-only at /run/kiln (`stage=`).
+  /proc/sys is read-only: root there could otherwise set kernel.core_pattern or kernel.modprobe,
+  programs the host kernel would run as root.
+- Processes: new pid, ipc, uts and cgroup namespaces; the command's pid namespace dies with it.
+- Capabilities: all are dropped but the ones package installation needs -
+  CHOWN, FOWNER, FSETID, DAC_OVERRIDE (dpkg unpacking files owned by other users and setting
+  their modes, chown in maintainer scripts), SETUID, SETGID (apt drops to _apt to download;
+  useradd, su, runuser, setpriv), SETFCAP (postinst scripts that setcap, e.g. ping),
+  KILL (stopping a package's own processes of other uids), SYS_CHROOT (dpkg --root, chroot
+  inside the image; it leads nowhere but the image), AUDIT_WRITE (useradd, passwd and su log
+  to audit), NET_BIND_SERVICE (inside its own network namespace only). Never kept: SYS_ADMIN,
+  SYS_MODULE, SYS_RAWIO, MKNOD, SYS_PTRACE, SYS_BOOT, SYS_TIME, NET_ADMIN, BPF and the rest.
+- no_new_privs (bwrap sets it: no exec can gain a capability back, although bwrap 0.8 leaves
+  the bounding set full when run as root) and a seccomp filter (kiln.sandbox.seccomp: mount,
+  module loading, kexec, bpf, keyctl, reboot, unshare/setns and namespace-creating clone are
+  refused).
+- Network: its own network namespace made by pasta, IPv4 through pasta's user-mode stack; the
+  host's loopback, its own addresses and link-local space are unreachable (kiln.sandbox.network).
+- Resources: a memory, a process-count and a devices cgroup per command (kiln.sandbox.limits);
+  hitting the memory or process limit fails the build with a message that says which; the
+  devices cgroup lets only the minimal /dev's character devices open (not a disk node an image
+  brought along). Where the host has no such cgroups, the run log says so once per root.
+
+Lifetimes: the launcher runs under `setpriv --pdeathsig KILL`, so it dies with kiln; pasta is its
+next image and bwrap is pasta's child with `--die-with-parent`; the command's pid namespace and
+mount namespace vanish with bwrap. A killed kiln (SIGTERM, SIGINT, SIGKILL) leaves no process
+and no mount behind. While the root is open (`with IsolatedRoot(...)`), a `policy-rc.d` that
+returns 101 is in place so package scripts start no services; it is removed on exit (and by
+generalize, should kiln have been killed before it could remove it).
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -33,6 +52,7 @@ from pathlib import Path, PurePosixPath
 from kiln.errors import BuildFailed
 from kiln.events import Monitor, NullMonitor
 from kiln.run import CommandFailed
+from kiln.sandbox import limits, network, seccomp
 from kiln.sandbox.stream import run_streamed
 
 POLICY_RC_D = "usr/sbin/policy-rc.d"
@@ -40,45 +60,46 @@ POLICY_MARK = "# kiln: no services start while customizing"
 STAGE_DIR = "/run/kiln"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-# The prologue runs on the host's /bin/sh as pid 1 of the new namespaces, before chroot.
-# Positional parameters: root, resolv mode (run|bind|none), resolv path inside the root,
-# stage folder (or ""), hostname, then the command.
-_PROLOGUE = r"""
-set -eu
-R=$1 RESOLV_MODE=$2 RESOLV_PATH=$3 STAGE=$4 HOST=$5
-shift 5
-mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
-mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
-mount -t tmpfs -o nosuid,mode=0755,size=16m kiln-dev "$R/dev"
-mknod -m 666 "$R/dev/null" c 1 3
-mknod -m 666 "$R/dev/zero" c 1 5
-mknod -m 666 "$R/dev/full" c 1 7
-mknod -m 666 "$R/dev/random" c 1 8
-mknod -m 666 "$R/dev/urandom" c 1 9
-mknod -m 666 "$R/dev/tty" c 5 0
-mkdir -m 755 "$R/dev/pts"
-mkdir -m 1777 "$R/dev/shm"
-mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts "$R/dev/pts"
-mount -t tmpfs -o nosuid,nodev tmpfs "$R/dev/shm"
-ln -s pts/ptmx "$R/dev/ptmx"
-ln -s /proc/self/fd "$R/dev/fd"
-ln -s /proc/self/fd/0 "$R/dev/stdin"
-ln -s /proc/self/fd/1 "$R/dev/stdout"
-ln -s /proc/self/fd/2 "$R/dev/stderr"
-mount -t tmpfs -o nosuid,nodev,mode=0755 kiln-run "$R/run"
-mkdir -m 1777 "$R/run/lock"
-case "$RESOLV_MODE" in
-  run) mkdir -p "$R$(dirname "$RESOLV_PATH")"; cat /etc/resolv.conf > "$R$RESOLV_PATH" ;;
-  bind) cat /etc/resolv.conf > "$R/run/kiln-resolv.conf"
-        mount --bind "$R/run/kiln-resolv.conf" "$R$RESOLV_PATH" ;;
-esac
-if [ -n "$STAGE" ]; then
-  mkdir -p "$R/run/kiln"
-  mount --bind -o ro "$STAGE" "$R/run/kiln"
-fi
-hostname "$HOST"
-exec chroot "$R" "$@"
+KEPT_CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_SETUID", "CAP_SETGID",
+    "CAP_SETFCAP", "CAP_KILL", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE", "CAP_NET_BIND_SERVICE",
+)
+
+# The launcher runs on the host's /bin/sh: it joins the run's cgroups (so every process that
+# follows is counted), then becomes pasta, which makes the network namespace and runs _INNER in
+# it. pasta prints harmless complaints about user-namespace maps as root: its stderr goes to
+# /dev/null, the command's stderr is handed through on fd 3.
+# Positional parameters: cgroup.procs files, prohibited routes, seccomp BPF path, resolv.conf
+# source, the inner script, pasta's options (split on spaces), then bwrap's arguments.
+_LAUNCHER = r"""
+set -euf
+CGROUPS=$1 ROUTES=$2 BPF=$3 RESOLV=$4 INNER=$5 PASTA_OPTIONS=$6
+shift 6
+for f in $CGROUPS; do echo $$ > "$f"; done
+for tool in pasta bwrap ip; do
+  command -v $tool >/dev/null || { echo "kiln sandbox: $tool is not installed (run scripts/setup)" >&2; exit 127; }
+done
+[ -c /dev/net/tun ] || { echo "kiln sandbox: /dev/net/tun is missing (pasta needs it: modprobe tun)" >&2; exit 127; }
+exec pasta $PASTA_OPTIONS -- /bin/sh -c "$INNER" kiln-net "$ROUTES" "$BPF" "$RESOLV" "$@" 3>&2 2>/dev/null
 """
+
+# Inside the new network namespace, still with the host's capabilities and on the host's
+# filesystem: shut the ways to the host's addresses, then become bwrap (which drops them).
+_INNER = r"""
+exec 2>&3 3>&-
+set -eu
+ROUTES=$1 BPF=$2 RESOLV=$3
+shift 3
+for f in /proc/sys/net/ipv6/conf/all/disable_ipv6 /proc/sys/net/ipv6/conf/default/disable_ipv6; do
+  if [ -e "$f" ]; then echo 1 > "$f"; fi
+done
+for r in $ROUTES; do ip route add prohibit "$r"; done
+exec bwrap "$@" 5<"$BPF" 6<"$RESOLV"  # dash: single-digit fds only
+"""
+
+
+class SandboxLimit(BuildFailed):
+    """A command inside the root hit the sandbox's memory or process limit and was stopped."""
 
 
 class SandboxTimeout(BuildFailed):
@@ -112,6 +133,8 @@ class IsolatedRoot:
         self.hostname = hostname or _read_hostname(self.root)
         self._saved_policy: bytes | None = None
         self._depth = 0  # re-entrant: only the outermost `with` puts policy-rc.d in and takes it out
+        self._bpf_fd: int | None = None  # the compiled seccomp filter, made once per `with`
+        self._prohibited: list[str] | None = None  # the host's addresses, looked up once per `with`
 
     # -------------------------------------------------------------- policy-rc.d lifetime
 
@@ -120,6 +143,9 @@ class IsolatedRoot:
         if self._depth > 1:
             return self
         _check_mount_points(self.root)
+        available = limits.probe()
+        for why in available.why_not:
+            self.monitor.log(f"kiln sandbox: {why}; steps run without that limit")
         policy = self.root / POLICY_RC_D
         if policy.is_file() and not policy.is_symlink() and POLICY_MARK not in policy.read_text(errors="replace"):
             self._saved_policy = policy.read_bytes()  # the image's own policy: put it back afterwards
@@ -134,6 +160,7 @@ class IsolatedRoot:
         self._depth -= 1
         if self._depth:
             return
+        self._release()
         remove_policy_rc_d(self.root)
         if self._saved_policy is not None:
             policy = self.root / POLICY_RC_D
@@ -142,16 +169,37 @@ class IsolatedRoot:
 
     # -------------------------------------------------------------- running
 
-    def command(self, argv: Sequence[str], *, stage: Path | None = None) -> list[str]:
+    def command(self, argv: Sequence[str], *, stage: Path | None = None, cgroups: Sequence[str] = ()) -> list[str]:
         """The host command line that runs `argv` inside the root (for logs and `abort` hints)."""
         mode, path = _resolv_plan(self.root)
+        bwrap = [
+            "--die-with-parent", "--new-session", "--as-pid-1",  # the command is pid 1, as before
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--hostname", self.hostname,
+            "--bind", str(self.root), "/",
+            "--proc", "/proc",
+            # bwrap leaves /proc/sys writable; root there could set kernel.core_pattern or
+            # kernel.modprobe (programs the host kernel runs as root): read-only.
+            "--ro-bind", "/proc/sys", "/proc/sys",
+            "--dev", "/dev",
+            "--ro-bind", "/sys", "/sys",
+            "--tmpfs", "/run",
+            "--perms", "1777", "--dir", "/run/lock",
+        ]
+        if mode != "none":
+            bwrap += ["--perms", "0644", "--ro-bind-data", "6", path]  # bwrap's default 0600 hides it from _apt
+        if stage is not None:
+            bwrap += ["--ro-bind", str(stage.absolute()), STAGE_DIR]
+        bwrap += ["--cap-drop", "ALL"]
+        for cap in KEPT_CAPABILITIES:
+            bwrap += ["--cap-add", cap]
+        bwrap += ["--seccomp", "5", "--chdir", "/", "--", *argv]
         return [
             "setpriv", "--pdeathsig", "KILL", "--",
-            "unshare", "--mount", "--pid", "--uts", "--ipc", "--fork", "--kill-child=SIGKILL",
-            "--propagation", "private", "--",
-            "/bin/sh", "-c", _PROLOGUE, "kiln-sandbox",
-            str(self.root), mode, path, str(stage.absolute()) if stage else "", self.hostname,
-            *argv,
+            "/bin/sh", "-c", _LAUNCHER, "kiln-sandbox",
+            " ".join(cgroups), " ".join(self._routes()), self._bpf_path(),
+            "/etc/resolv.conf" if mode != "none" else "/dev/null", _INNER, " ".join(network.PASTA_OPTIONS),
+            *bwrap,
         ]
 
     def run(
@@ -167,7 +215,8 @@ class IsolatedRoot:
         """Run `argv` inside the root; return its exit code and output tail.
 
         With `check`, a non-zero exit raises `CommandFailed`. A `timeout` (seconds) kills the
-        whole namespace and raises `SandboxTimeout`. `stage` is a host folder visible read-only at
+        whole namespace and raises `SandboxTimeout`; a command that exhausts the sandbox's memory
+        or process limit raises `SandboxLimit`. `stage` is a host folder visible read-only at
         /run/kiln inside. `name` labels the log lines (the step's name).
         """
         if not self._depth:
@@ -177,15 +226,68 @@ class IsolatedRoot:
                      "DEBIAN_FRONTEND": "noninteractive", "SHELL": "/bin/sh", "USER": "root", "LOGNAME": "root"}
         inner_env.update(env or {})
         self.monitor.log(f"$ {shlex.join(argv)}", name=name)
-        result = run_streamed(self.command(argv, stage=stage), self.monitor, name=name, timeout=timeout,
-                              env=inner_env, replace_env=True)
+        settings = limits.settings()
+        groups = limits.Cgroups(settings)
+        stop = threading.Event()
+        bombed = threading.Event()
+
+        def watch_forks() -> None:
+            # pids.max makes fork() fail; a fork bomb then spins for ever: stop the step instead.
+            while not stop.wait(0.25):
+                if groups.fork_refusals():
+                    bombed.set()
+                    groups.kill_all()
+                    return
+
+        watcher = threading.Thread(target=watch_forks, name="kiln-sandbox-pids", daemon=True)
+        if "pids" in groups.dirs:
+            watcher.start()
+        try:
+            result = run_streamed(self.command(argv, stage=stage, cgroups=groups.procs_files), self.monitor,
+                                  name=name, timeout=timeout, env=inner_env, replace_env=True)
+            oom_kills = groups.oom_kills()
+        finally:
+            stop.set()
+            if watcher.is_alive():
+                watcher.join()
+            groups.kill_all()  # nothing should be left; a daemon that escaped the pid namespace cannot
+            groups.remove()
         text = result.tail
         returncode = result.returncode
+        label = f"step {name!r}" if name else "command"
+        if bombed.is_set():
+            msg = (f"{label} was stopped: it tried to run more than {settings.pids_max} processes at once "
+                   f"(a fork bomb?): {shlex.join(argv)}")
+            self.monitor.log(f"kiln: {msg}", name=name)
+            raise SandboxLimit(f"{msg}\n{text}", hint="raise KILN_SANDBOX_PIDS_MAX if the step really needs more")
+        if oom_kills and returncode != 0:
+            msg = (f"{label} ran out of memory: the sandbox allows {settings.memory_bytes // 2**20} MiB and the "
+                   f"kernel killed a process of it: {shlex.join(argv)}")
+            self.monitor.log(f"kiln: {msg}", name=name)
+            raise SandboxLimit(f"{msg}\n{text}", hint="raise KILN_SANDBOX_MEMORY_MIB if the step really needs more")
         if result.timed_out:
             raise SandboxTimeout(f"command inside the root timed out after {timeout:g} s: {shlex.join(argv)}\n{text}")
         if check and returncode != 0:
             raise CommandFailed(argv, returncode, text)
         return Completed(tuple(argv), returncode, text)
+
+    # -------------------------------------------------------------- per-`with` resources
+
+    def _bpf_path(self) -> str:
+        if self._bpf_fd is None:
+            self._bpf_fd = seccomp.bpf_memfd()
+        return f"/proc/{os.getpid()}/fd/{self._bpf_fd}"
+
+    def _routes(self) -> list[str]:
+        if self._prohibited is None:
+            self._prohibited = network.prohibited_routes()
+        return self._prohibited
+
+    def _release(self) -> None:
+        if self._bpf_fd is not None:
+            os.close(self._bpf_fd)
+            self._bpf_fd = None
+        self._prohibited = None
 
 
 def remove_policy_rc_d(root: Path) -> bool:
