@@ -32,8 +32,7 @@ from pathlib import Path, PurePosixPath
 
 from kiln.errors import BuildFailed
 from kiln.events import Monitor, NullMonitor
-from kiln.run import CommandFailed
-from kiln.sandbox.stream import run_streamed
+from kiln.run import CommandFailed, run_streamed
 
 POLICY_RC_D = "usr/sbin/policy-rc.d"
 POLICY_MARK = "# kiln: no services start while customizing"
