@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from envcheck import unavailable
 
+from envcheck import unavailable
 from kiln.reaper import Reaper
 from kiln.run import spawn
 

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from monitors import Lines
 
 from kiln.errors import BuildFailed, HostFailed
 from kiln.run import CommandFailed, ToolFailed, run, run_streamed, spawn
 from kiln.tools import ToolMissing
+from monitors import Lines
 
 REPO = Path(__file__).resolve().parent.parent
 
