@@ -178,15 +178,15 @@ def confined(argv: Sequence[str], *, read_only: Sequence[Path], writable: Sequen
         elif p.is_dir():
             out += ["--ro-bind", str(p), str(p)]
     etc = ["/etc/ld.so.cache", *(["/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf"] if network else [])]
-    for path in etc:
-        out += ["--ro-bind-try", path, path]
+    for name in etc:
+        out += ["--ro-bind-try", name, name]
     out += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
     for dev in devices:
         out += ["--dev-bind", dev, dev]
-    for path in read_only:
-        out += ["--ro-bind", str(path), str(path)]
-    for path in writable:
-        out += ["--bind", str(path), str(path)]
+    for ro in read_only:
+        out += ["--ro-bind", str(ro), str(ro)]
+    for rw in writable:
+        out += ["--bind", str(rw), str(rw)]
     return [*out, "--chdir", "/", "--", *argv]
 
 
