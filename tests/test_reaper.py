@@ -62,7 +62,8 @@ def test_a_killed_owner_leaves_no_scratch_tree_and_no_qemu(tmp_path: Path, sig: 
         line = owner.stdout.readline().split()  # type: ignore[union-attr]
         scratch, qemu = Path(line[0]), int(line[1])
         assert (scratch / "root" / "etc").is_dir() and (tmp_path / "vm-tmp").is_dir()
-        assert alive(qemu) and b"qemu-system" in Path(f"/proc/{qemu}/cmdline").read_bytes()
+        # spawn() returns once the exec began; the kernel fills in the new command line a moment later
+        assert eventually(lambda: b"qemu-system" in Path(f"/proc/{qemu}/cmdline").read_bytes()) and alive(qemu)
         owner.send_signal(sig)
         owner.wait(timeout=30)
     finally:
