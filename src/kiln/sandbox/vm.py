@@ -168,10 +168,7 @@ def confined(argv: Sequence[str], *, read_only: Sequence[Path], writable: Sequen
     Each path is bound at its own name, so the command line needs no rewriting (a qcow2 overlay
     names its backing file by absolute path).
     """
-    bwrap = shutil.which(BWRAP, path=minimal_env()["PATH"])
-    if bwrap is None:
-        raise ToolMissing(BWRAP)
-    out = [bwrap, "--die-with-parent", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
+    out = [BWRAP, "--die-with-parent", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
            "--cap-drop", "ALL", *([] if network else ["--unshare-net"]), "--ro-bind", "/usr", "/usr"]
     for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         p = Path("/", top)
