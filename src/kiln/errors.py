@@ -76,6 +76,12 @@ class BuildFailed(KilnError):
     """A run started and failed (a customizer failed, the boot test failed, a target failed)."""
 
 
+class HostFailed(KilnError):
+    """kiln's own work failed on this host (one of its tools exited non-zero, firmware is missing):
+    neither the user's input nor the user's build is at fault. Exit code 1, like a failed run, but
+    the message says whose problem it is, so nobody goes looking for the mistake in a template."""
+
+
 class Canceled(KilnError):
     """The run was interrupted (Ctrl-C, SIGTERM): exit 130."""
 

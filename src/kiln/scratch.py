@@ -12,9 +12,9 @@ state home's work directory, on the same filesystem as the blobs, so publishing 
 `KILN_SCRATCH` overrides the choice: a folder to use, or `state` for the run's own work directory
 (the place kiln used before; also the fallback when /dev/shm is missing, not tmpfs, or too small).
 
-Never left behind: a `ScratchDir` hands its folder to a tiny reaper process (its own session, so
-Ctrl-C does not reach it) that waits on a pipe from kiln. When the build is done, or kiln exits
-in any way including SIGKILL, the pipe closes and the reaper deletes the folder. Deleting a
+Never left behind: a `ScratchDir` hands its folder to a `kiln.reaper.Reaper` (a tiny process in
+its own session, so Ctrl-C does not reach it, waiting on a pipe from kiln). When the build is
+done, or kiln exits in any way including SIGKILL, the pipe closes and the reaper deletes the folder. Deleting a
 finished tree therefore costs the build nothing; failure paths may still `remove()` it
 synchronously when they promise a clean host on return.
 """
@@ -23,20 +23,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
-from kiln.run import minimal_env, run
+from kiln.reaper import Reaper
+from kiln.reaper import wait_for_reapers as wait_for_reapers  # re-exported: tests and benchmarks wait here
+from kiln.run import run
 
 SHM = Path("/dev/shm")
 # A root tree with a customizer's packages is a few GiB at most; below this much free RAM-backed
 # room (or on a host that caps /dev/shm, as containers do) the state home is the safer place.
 MIN_FREE_BYTES = 8 * 1024**3
 SCRATCH_ENV = "KILN_SCRATCH"
-
-# The reaper: block until kiln's end of the pipe closes (normal end, crash, kill -9), then delete.
-_REAPER = 'read -r _ || true; rm -rf --one-file-system -- "$1"'
 
 
 def is_tmpfs(path: Path) -> bool:
@@ -72,12 +70,7 @@ class ScratchDir:
     def __init__(self, parent: Path, prefix: str) -> None:
         parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-        # Popen, not run(): the reaper must outlive this call (and kiln) to do its job.
-        self._reaper: subprocess.Popen[bytes] | None = subprocess.Popen(
-            ["/bin/sh", "-c", _REAPER, "kiln-scratch-reaper", str(self.path)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env=minimal_env(), start_new_session=True, cwd="/",
-        )
+        self._reaper = Reaper([self.path], name="kiln-scratch-reaper")
 
     @classmethod
     def create(cls, fallback: Path, run_id: str) -> ScratchDir:
@@ -89,21 +82,11 @@ class ScratchDir:
 
     @property
     def released(self) -> bool:
-        return self._reaper is None
+        return not self._reaper.active
 
     def release(self) -> None:
         """Hand the folder to the reaper, which deletes it in the background. Idempotent."""
-        reaper, self._reaper = self._reaper, None
-        if reaper is None:
-            return
-        try:
-            reaper.stdin.close()  # type: ignore[union-attr]
-        except OSError:
-            pass
-        # Not waited for: that is the point. The reaper is in its own session and reparented
-        # to init when kiln exits; poll it now and then so it is not left a zombie meanwhile.
-        _PENDING.append(reaper)
-        _PENDING[:] = [p for p in _PENDING if p.poll() is None]
+        self._reaper.release()
 
     def remove(self) -> None:
         """Delete the folder now (a failure path that promises a clean host on return); a folder
@@ -125,15 +108,3 @@ class ScratchDir:
         self.remove()
         return dest
 
-
-_PENDING: list[subprocess.Popen[bytes]] = []
-
-
-def wait_for_reapers(timeout: float = 60.0) -> None:
-    """Block until released folders are gone (tests and benchmarks that measure disk use)."""
-    for p in list(_PENDING):
-        try:
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    _PENDING.clear()

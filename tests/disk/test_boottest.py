@@ -18,6 +18,7 @@ import pytest
 
 from kiln.errors import BuildFailed
 from kiln.run import run
+from kiln.sandbox.vm import VirtualMachine
 from kiln.validate.boottest import GuestScript, boot_test, run_in_vm
 
 from .conftest import Booted, BuiltDisk
@@ -145,3 +146,27 @@ def test_killing_kiln_leaves_no_qemu_and_no_temp_dir(unbootable_disk: Path, tmp_
             kiln.wait()
     assert eventually(lambda: not processes_mentioning(str(work))), "QEMU (or the watchdog) outlived kiln"
     assert eventually(lambda: not list(work.iterdir())), f"left behind: {list(work.iterdir())}"
+
+
+def test_qemu_runs_with_seccomp_and_sees_only_its_own_files(unbootable_disk: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    serial = tmp_path / "logs" / "serial.log"
+    with VirtualMachine(unbootable_disk, "raw", work_dir=work, serial_log=serial) as vm:
+        def qemu_pid() -> int | None:
+            return next((p for p in processes_mentioning(str(work))
+                         if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"qemu-system")), None)
+
+        assert eventually(lambda: qemu_pid() is not None), vm.qemu_output()
+        qemu = qemu_pid()
+        status = Path(f"/proc/{qemu}/status").read_text()
+        mountinfo = Path(f"/proc/{qemu}/mountinfo").read_text()
+        tmp = vm.tmp
+    assert "Seccomp:\t2" in status  # -sandbox on: a seccomp filter
+    assert "CapEff:\t0000000000000000" in status
+    mounts = {line.split()[4] for line in mountinfo.splitlines()}
+    own = {str(unbootable_disk), str(tmp), str(serial)}
+    system = {"/", "/usr", "/etc/ld.so.cache", "/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf",
+              "/proc", "/tmp", "/var/tmp"}
+    assert own <= mounts
+    # bwrap's /dev and /proc have mounts of their own inside (/dev/pts, /proc/sys read-only...)
+    assert {m for m in mounts if not m.startswith(("/dev", "/proc/"))} - own <= system, mounts

@@ -1,14 +1,18 @@
-"""Boot-test pieces that need no VM: reading the guest's serial console, the check disk, KVM detection."""
+"""Boot-test pieces that need no VM: reading the guest's serial console, the check disk, KVM detection,
+the QEMU command line and the namespace QEMU runs in."""
 
 from __future__ import annotations
 
 import io
+import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from kiln.sandbox.vm import detect_accel
+from envcheck import unavailable
+from kiln.run import run
+from kiln.sandbox.vm import SECCOMP, confined, detect_accel, interactive_command
 from kiln.validate.boottest import GuestScript, _check_disk, _SerialParser
 
 NONCE = "0123456789abcdef01234567"
@@ -63,3 +67,38 @@ def test_kvm_pvm_hosts_use_tcg(monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.skip("a real KVM module is loaded too")
     detect_accel.cache_clear()
     assert detect_accel() == "tcg"
+
+
+def test_the_command_to_boot_a_kept_disk_by_hand_changes_nothing(tmp_path: Path) -> None:
+    disk = tmp_path / "my disk.vhd"
+    argv = interactive_command(disk, "vpc")
+    assert argv[0] == "qemu-system-x86_64"
+    drives = [argv[i + 1] for i, a in enumerate(argv) if a == "-drive"]
+    assert f"if=none,id=os,file={disk},format=vpc,cache=writeback,snapshot=on" in drives
+    code, vars_ = (d for d in drives if d.startswith("if=pflash"))
+    assert "readonly=on" in code and vars_.endswith("snapshot=on")  # the firmware's own store is not written
+    assert argv[argv.index("-serial") + 1] == "mon:stdio"  # a person at a terminal; Ctrl-A x quits
+    assert argv[argv.index("-sandbox") + 1] == SECCOMP
+
+
+def test_the_namespace_shows_only_what_is_bound(tmp_path: Path) -> None:
+    """What QEMU runs in: system files read-only, its own paths, nothing else of the host."""
+    if shutil.which("bwrap") is None:
+        unavailable("bwrap is not installed (run scripts/setup)")
+    (tmp_path / "secret").write_text("not for the guest's QEMU\n")
+    own = tmp_path / "vm-tmp"
+    own.mkdir()
+    disk = tmp_path / "disk.raw"
+    disk.write_text("disk\n")
+    script = (f"cat {disk}; echo written > {own}/out; cat {tmp_path}/secret; "
+              f"echo x > {disk} || echo disk-is-read-only; touch /usr/kiln-test || echo usr-is-read-only; "
+              f"ls /home | wc -l; grep ^CapEff /proc/self/status")
+    out = run(confined(["sh", "-c", script], read_only=[disk], writable=[own], network=False),
+              capture=True, check=False).stdout
+    assert out.startswith("disk\n")
+    assert (own / "out").read_text() == "written\n"
+    assert "No such file or directory" in out and "not for the guest" not in out
+    assert "disk-is-read-only" in out and disk.read_text() == "disk\n"
+    assert "usr-is-read-only" in out
+    assert "\n0\n" in out  # no /home
+    assert "CapEff:\t0000000000000000" in out

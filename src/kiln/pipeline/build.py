@@ -353,11 +353,9 @@ def abort_requested(ctx: BuildContext, space: Workspace, mode: str, error: KilnE
     if space.root is not None and space.root.exists():
         hints.append(f"enter the root: sudo unshare --mount --pid --fork chroot {shlex.quote(str(space.root))} /bin/bash")
     if space.disk is not None and space.disk.exists():
-        hints.append(
-            "boot the disk: qemu-system-x86_64 -machine q35 -m 2048 -nographic "
-            f"-drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd "
-            f"-drive file={shlex.quote(str(space.disk))},format={space.disk_format},if=virtio,snapshot=on"
-        )
+        from kiln.sandbox.vm import interactive_command  # the one QEMU command-line builder
+
+        hints.append(f"boot the disk: {shlex.join(interactive_command(space.disk, space.disk_format))}")
     error.hint = "\n  ".join(filter(None, [error.hint, *hints]))
     return True
 

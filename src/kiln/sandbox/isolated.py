@@ -51,9 +51,8 @@ from pathlib import Path, PurePosixPath
 
 from kiln.errors import BuildFailed
 from kiln.events import Monitor, NullMonitor
-from kiln.run import CommandFailed
+from kiln.run import CommandFailed, run_streamed
 from kiln.sandbox import limits, network, seccomp
-from kiln.sandbox.stream import run_streamed
 
 POLICY_RC_D = "usr/sbin/policy-rc.d"
 POLICY_MARK = "# kiln: no services start while customizing"

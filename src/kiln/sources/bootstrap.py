@@ -39,8 +39,7 @@ from typing import IO, Any, TypedDict
 from kiln.config import Config
 from kiln.errors import InvalidInput
 from kiln.events import Monitor
-from kiln.run import CommandFailed, run
-from kiln.sandbox.stream import run_streamed
+from kiln.run import CommandFailed, run, run_streamed
 from kiln.sources.mirror import SuiteRelease, fetch_release
 from kiln.sources.platform import Recipe, recipe_for
 from kiln.sources.roottree import RootTree, read_os_release

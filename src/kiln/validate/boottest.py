@@ -25,7 +25,7 @@ import re
 import secrets
 import tarfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,7 @@ CHECK_DISK_SERIAL = "kiln-check"
 OUTPUT_TAIL_CHARS = 4000
 SERIAL_TAIL_LINES = 40
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # systemd's colours: noise in a log and a report
+LineSink = Callable[[str], None]  # where the parser reports what the guest printed
 POWEROFF_GRACE_S = 60.0  # after the last result, the guest shuts down by itself; then we stop waiting
 
 
@@ -93,7 +94,7 @@ class _SerialParser:
     _output: list[str] = field(default_factory=list)
     _tail: list[str] = field(default_factory=list)
 
-    def feed(self, text: str, on_line=None) -> None:
+    def feed(self, text: str, on_line: LineSink | None = None) -> None:
         lines = (self._partial + text).split("\n")
         self._partial = lines.pop()
         for raw in lines:
@@ -101,7 +102,7 @@ class _SerialParser:
             self._tail = [*self._tail[-(SERIAL_TAIL_LINES - 1):], line]
             self._line(line, on_line)
 
-    def flush(self, on_line=None) -> None:
+    def flush(self, on_line: LineSink | None = None) -> None:
         if self._partial:
             self.feed("\n", on_line)
 
@@ -109,7 +110,7 @@ class _SerialParser:
         lines = self._tail + ([self._partial.rstrip("\r")] if self._partial else [])
         return "\n".join(lines[-SERIAL_TAIL_LINES:])
 
-    def _line(self, line: str, on_line) -> None:
+    def _line(self, line: str, on_line: LineSink | None) -> None:
         n = re.escape(self.nonce)
         # agetty's prompt ("<host> login: ") has no newline: what follows lands on the same line.
         if self._current is None and re.search(r"\S login: ", line + " "):
