@@ -119,6 +119,10 @@ class Process:
     def stdout(self) -> IO[Any] | None:
         return self.popen.stdout
 
+    @property
+    def stderr(self) -> IO[Any] | None:
+        return self.popen.stderr
+
     def poll(self) -> int | None:
         return self.popen.poll()
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from kiln.run import spawn
+
 KILL_AFTER_S = 60.0  # SIGTERM first (the pipeline cleans up), then SIGKILL
 
 
@@ -122,11 +124,8 @@ class ChildProcessExecutor:
                 start = False
             else:
                 start = True
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "kiln.api.child", str(self.home), job.template_id],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    text=True, errors="replace", start_new_session=True, close_fds=True,
-                )
+                proc = spawn([sys.executable, "-m", "kiln.api.child", str(self.home), job.template_id],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, session=True)
                 job.pid = proc.pid
         if not start:
             self.on_done(job, -signal.SIGTERM)
@@ -141,6 +140,7 @@ class ChildProcessExecutor:
                 continue
             self.on_event(job, event)
         code = proc.wait()
+        assert code is not None  # wait() without a timeout returns only once the child has exited
         errors.join(5)
         # The group's leader is gone; anything it left behind in its group goes with it.
         _signal_group(proc.pid, signal.SIGKILL)
