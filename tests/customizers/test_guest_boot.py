@@ -34,12 +34,13 @@ def test_validations_run_in_the_booted_image(fresh_root: Path, web, tmp_path: Pa
         if shutil.which(tool) is None:
             unavailable(f"{tool} is not installed (run scripts/setup)")
     from kiln.disk.assemble import assemble_disk
+    from kiln.disk.boot import prepare_boot
     from kiln.validate.boottest import boot_test
 
     pwsh = fresh_root / "usr/local/bin/pwsh"
     pwsh.write_text(STAND_IN_PWSH)
     pwsh.chmod(0o755)
-    layout = assemble_disk(fresh_root, tmp_path / "disk.raw", monitor=NullMonitor())
+    layout = assemble_disk(fresh_root, tmp_path / "disk.raw", prepare_boot(fresh_root), monitor=NullMonitor())
     steps = (
         ShellStep(name="perl", script_uri=web.put("check.pl", PERL),
                   sha256_checksum=hashlib.sha256(PERL.encode()).hexdigest()),

@@ -1,7 +1,7 @@
 """What every command module shares: opening the store, the monitor, and printing a table or JSON.
 
 Command modules import only click and this module at start-up; everything a command needs beyond
-that (the store, the template loader, the factory, rich) is imported inside the command's function,
+that (the store, the template loader, the factory) is imported inside the command's function,
 so `kiln --help` or `kiln factory distribute` loads only what it uses. Helpers here follow the same
 rule: `open_store` imports the store when it is called.
 
