@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from kiln.sandbox.limits import probe
 from kiln.tools import host_tools
 
 RELEASE = """\
@@ -83,6 +84,9 @@ def test_this_host_can_build(kiln_home: Path, mirror: str) -> None:
     assert str(kiln_home) in checks["space", "state home"]["detail"] and "GiB free" in checks["space", "state home"]["detail"]
     assert "GiB free" in checks["space", "scratch"]["detail"]
     assert ("optional", "Azurite") in checks
+    limits, found = checks["sandbox", "resource limits"], probe()  # what a customizer's sandbox gets here
+    assert limits["ok"] is (not found.why_not) and limits["required"] is False
+    assert all(why in limits["detail"] for why in found.why_not)
 
     text = doctor(kiln_home)
     assert text.returncode == 0, text.stdout + text.stderr

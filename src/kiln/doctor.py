@@ -35,7 +35,7 @@ DPKG_STATUS = Path("/var/lib/dpkg/status")
 
 @dataclass(frozen=True)
 class Check:
-    kind: str  # tool | host | accel | firmware | space | mirror | optional
+    kind: str  # tool | host | sandbox | accel | firmware | space | mirror | optional
     name: str
     ok: bool
     detail: str
@@ -69,7 +69,7 @@ class Report:
 
 def diagnose(config: Config, *, mirror: bool = True) -> Report:
     """Every check, in the order a user reads them."""
-    checks = [*tool_checks(), root_check(), accel_check(), *firmware_checks(), *space_checks(config)]
+    checks = [*tool_checks(), root_check(), limits_check(), accel_check(), *firmware_checks(), *space_checks(config)]
     if mirror:
         checks.append(mirror_check(config))
     checks.append(azurite_check())
@@ -98,6 +98,22 @@ def root_check() -> Check:
     root = os.geteuid() == 0
     return Check("host", "root", root, "running as root" if root else f"running as uid {os.geteuid()}",
                  "" if root else "kiln builds run as root (mmdebstrap --mode=root, mount namespaces): use sudo")
+
+
+def limits_check() -> Check:
+    """Resource limits for customizers (cgroups): without them a fork bomb or a memory hog in a
+    template is stopped only by the host itself. Not required: builds still run, with a warning."""
+    from kiln.sandbox.limits import probe
+
+    found = probe()
+    have = [name for name, ok in (("memory", found.memory), ("pids", found.pids), ("devices", found.devices)) if ok]
+    if not found.why_not:
+        return Check("sandbox", "resource limits", True, f"cgroup v1 {', '.join(have)} limits for every customizer",
+                     required=False)
+    return Check("sandbox", "resource limits", False,
+                 "; ".join(found.why_not) + (f" (enforced: {', '.join(have)})" if have else ""),
+                 "customizers run without these limits: mount the cgroup v1 memory, pids and devices controllers "
+                 "(writable by root) to enforce them", required=False)
 
 
 def accel_check() -> Check:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,11 @@ def test_abort_keeps_the_work_directory(kiln: Kiln, tmp_path: Path) -> None:
     try:
         assert (work / "root" / "etc" / "kiln-clue").read_text() == "clue\n"  # the state the step left
         assert (work / ".kiln-keep").is_file()
-        assert "chroot" in proc.stderr  # a ready-to-use command to enter the root
+        # a ready-to-use command to enter the root: run it (as root already, so without sudo)
+        enter = re.search(r"enter the root[^:]*: sudo (.+ /bin/bash)$", proc.stderr, re.M)
+        assert enter, proc.stderr
+        argv = shlex.split(enter.group(1))[:-1] + ["/bin/sh", "-c", "cat /etc/kiln-clue"]
+        assert subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout == "clue\n"
         assert last_run(kiln)["lastRunStatus"]["runState"] == "Failed"
         assert store_state(kiln) == before
     finally:

@@ -101,3 +101,18 @@ def test_iso_without_squashfs_and_missing_checksum(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="not a readable ISO"):
         resolve_source(IsoSource(source_uri=str(not_iso), sha256_checksum=sha(not_iso)),
                        config=Config(home=tmp_path), work=tmp_path / "w3", monitor=NullMonitor())
+
+
+def test_iso_with_a_damaged_squashfs_is_the_users_input(tmp_path: Path) -> None:
+    """A squashfs that unsquashfs cannot read is the ISO's fault, not kiln's: InvalidInput at sourceURI."""
+    content = tmp_path / "iso-content"
+    (content / "live").mkdir(parents=True)
+    (content / "live/filesystem.squashfs").write_bytes(b"hsqs" + os.urandom(64 * 1024))  # a magic, then noise
+    iso = tmp_path / "damaged.iso"
+    run(["xorriso", "-as", "mkisofs", "-quiet", "-R", "-V", "KILNLIVE", "-o", iso, content], capture=True)
+    with pytest.raises(InvalidInput) as e:
+        resolve_source(IsoSource(source_uri=str(iso), sha256_checksum=sha(iso)),
+                       config=Config(home=tmp_path), work=tmp_path / "w", monitor=NullMonitor())
+    assert e.value.path == ".properties.source.sourceURI"
+    assert "could not be extracted" in e.value.message and "/live/filesystem.squashfs" in e.value.message
+    assert not list((tmp_path / "w").glob("*.squashfs")) and not list((tmp_path / "w").glob("*.iso"))

@@ -24,7 +24,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from kiln.config import Config
-from kiln.errors import BuildFailed, Canceled, InvalidInput, KilnError
+from kiln.errors import BuildFailed, Canceled, HostFailed, InvalidInput, KilnError
 from kiln.events import LogFile, Monitor, Monitors, RunMonitor
 from kiln.ids import ResourceId
 from kiln.pipeline.context import (
@@ -102,7 +102,7 @@ def build(
                 customize(ctx, tree)
                 generalize(ctx, tree)
                 disk = assemble_disk(ctx, space, tree)
-            except (BuildFailed, InvalidInput) as e:
+            except (BuildFailed, HostFailed, InvalidInput) as e:
                 keep_work = keep_work or abort_requested(ctx, space, template.error_handling.on_customizer_error, e)
                 raise
             recorder.sub_state("Validating")
@@ -351,7 +351,8 @@ def abort_requested(ctx: BuildContext, space: Workspace, mode: str, error: KilnE
         space.root = space.scratch.keep_in(ctx.work) / space.root.relative_to(space.scratch.path)
     hints = [f"errorHandling says abort: the work directory is kept at {ctx.work}"]
     if space.root is not None and space.root.exists():
-        hints.append(f"enter the root: sudo unshare --mount --pid --fork chroot {shlex.quote(str(space.root))} /bin/bash")
+        hints.append("enter the root (its own namespaces, no network): sudo bwrap --unshare-all --die-with-parent "
+                     f"--bind {shlex.quote(str(space.root))} / --proc /proc --dev /dev --tmpfs /run /bin/bash")
     if space.disk is not None and space.disk.exists():
         from kiln.sandbox.vm import interactive_command  # the one QEMU command-line builder
 

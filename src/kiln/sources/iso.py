@@ -18,7 +18,7 @@ from kiln.config import Config
 from kiln.errors import InvalidInput
 from kiln.events import Monitor
 from kiln.fetch import Fetcher
-from kiln.run import run
+from kiln.run import ToolFailed, run
 from kiln.sources.roottree import RootTree, read_os_release
 from kiln.template.model import IsoSource
 
@@ -42,10 +42,19 @@ def iso_root(source: IsoSource, *, config: Config, work: Path, dest: Path, monit
             )
         monitor.log(f"ISO root file system: {squashfs_in_iso}", name="source")
         squashfs = work / "root.squashfs"
-        run(["xorriso", "-osirrox", "on", "-indev", iso, "-extract", squashfs_in_iso, squashfs], capture=True)
-        iso.unlink()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        run(["unsquashfs", "-no-progress", "-f", "-d", dest, squashfs], capture=True)
+        try:
+            run(["xorriso", "-osirrox", "on", "-indev", iso, "-extract", squashfs_in_iso, squashfs], capture=True)
+            iso.unlink()
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            run(["unsquashfs", "-no-progress", "-f", "-d", dest, squashfs], capture=True)
+        except ToolFailed as e:  # the ISO passed its checksum, so its content is what the user gave
+            raise InvalidInput(
+                f"the root file system {squashfs_in_iso} of ISO {source.source_uri} could not be extracted: "
+                f"{e.message.splitlines()[0]}",
+                path=".properties.source.sourceURI",
+                hint="the ISO or its squashfs is damaged or in a format this host's xorriso/unsquashfs cannot read; "
+                     "`kiln doctor` checks the tools",
+            ) from e
         squashfs.unlink()
     finally:
         iso.unlink(missing_ok=True)
