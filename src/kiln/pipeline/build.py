@@ -76,7 +76,7 @@ def build(
     try:
         ctx.deadline = time.monotonic() + template.timeout_minutes * 60
         with deadline(template.timeout_minutes * 60):
-            ctx.work.mkdir(parents=True, exist_ok=True)
+            recorder.hold_work(ctx.work)  # the lock tells gc this directory is a live run's
             recorder.sub_state("Building")
             check_supported(ctx)
             resolve_source(ctx)

@@ -97,3 +97,13 @@ def stored_digest(region: RegionConfig, digest: str) -> str | None:
         return _container(region).get_blob_client(f"{digest}.vhd").get_blob_properties().metadata.get("kiln_digest")
     except ResourceNotFoundError:
         return None
+
+
+def list_digests(region: RegionConfig) -> list[str]:
+    """The digests of the `<digest>.vhd` page blobs in the region's container (gc looks for orphans)."""
+    from azure.core.exceptions import AzureError
+
+    try:
+        return [b.name[:-4] for b in _container(region).list_blobs() if b.name.endswith(".vhd")]
+    except AzureError as e:
+        raise _error(region, e) from e
