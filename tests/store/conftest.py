@@ -4,4 +4,4 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from store_helpers import azurite, disk_dir, other_disk, raw_disk  # noqa: E402, F401
+from store_helpers import azurite, disk_dir, load, other_disk, raw_disk  # noqa: E402, F401
