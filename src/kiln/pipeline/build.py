@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kiln.config import Config
+from kiln.diskfull import build_places, explain_no_space, no_space_error
 from kiln.errors import BuildFailed, Canceled, InvalidInput, KilnError
 from kiln.events import LogFile, Monitor, Monitors
 from kiln.ids import ResourceId
@@ -108,6 +109,7 @@ def build(
         ctx.monitor.finish("build", ok=False, message=f"Failed: {e.message}")
         raise
     except KilnError as e:
+        explain_no_space(e, build_places(ctx))  # a tool that ran out of room: say where, before cleanup frees it
         if e.path and not e.file:
             e.file = template.file  # a JSON path means most to the user next to its file
         if not recorder.finished:
@@ -115,6 +117,9 @@ def build(
             ctx.monitor.finish("build", ok=False, message=f"Failed: {e.message}")
         raise
     except BaseException as e:  # a bug: still record the run and clean up, then keep the traceback
+        if (full := no_space_error(e, build_places(ctx))) is not None:  # ENOSPC is the host's state, not a bug
+            recorder.finish("Failed", full.message, ctx.outputs)
+            raise full from e
         recorder.finish("Failed", f"internal error: {e!r}", ctx.outputs)
         raise
     finally:
