@@ -82,7 +82,6 @@ def no_space_error(e: BaseException, places: Iterable[Path | None] = ()) -> NoSp
     return NoSpace(
         f"no space left on the filesystem of {where}{what}: the {kind or 'filesystem'} mounted at {mnt} "
         f"has {_mib(free)} free of {_mib(total)}",
-        file=str(where),
         hint="free some space there (kiln gc removes unreferenced blobs and killed runs' work directories), "
              "or move KILN_HOME (the store, cache and work directories) or KILN_SCRATCH (where root trees are "
              "built) to a bigger filesystem")
@@ -103,7 +102,7 @@ def explain_no_space(e: KilnError, places: Iterable[Path | None] = ()) -> None:
     if full is not None:
         e.message = f"{full.message}\n{e.message}"
         e.args = (e.message,)
-        e.file, e.hint = e.file or full.file, full.hint
+        e.hint = full.hint
 
 
 def build_places(ctx) -> list[Path | None]:
