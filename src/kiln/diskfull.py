@@ -68,8 +68,8 @@ def no_space_error(e: BaseException, places: Iterable[Path | None] = ()) -> NoSp
 
     Where: the file the OSError names, else the fullest of `places` (the folders the failed
     operation wrote to: a tool's message does not say which of them ran out)."""
-    if not is_no_space(e):
-        return None
+    if isinstance(e, NoSpace) or not is_no_space(e):
+        return e if isinstance(e, NoSpace) else None
     filename = getattr(e, "filename", None) if isinstance(e, OSError) else None
     candidates = [Path(filename)] if filename else [Path(p) for p in places if p is not None]
     if not candidates:
@@ -98,11 +98,23 @@ def _tool(cmd: list[str]) -> str:
 def explain_no_space(e: KilnError, places: Iterable[Path | None] = ()) -> None:
     """Rewrite a failed tool's error in place (its type, so its exit code, stays) when the tool
     ran out of space: the tool's own words ("cannot write ...") stay as the last lines."""
+    if isinstance(e, NoSpace) or getattr(e, "no_space_explained", False):
+        return  # explained where it happened, with the free space of that moment
     full = no_space_error(e, places)
     if full is not None:
         e.message = f"{full.message}\n{e.message}"
         e.args = (e.message,)
         e.hint = full.hint
+        e.no_space_explained = True  # type: ignore[attr-defined]
+
+
+def translated(e: BaseException, places: Iterable[Path | None] = ()) -> BaseException:
+    """What to raise for `e` from a place that is about to free the failed step's room: a KilnError
+    explained in place, a NoSpace for a full-disk OSError (raise it `from e`), else `e` itself."""
+    if isinstance(e, KilnError):
+        explain_no_space(e, places)
+        return e
+    return no_space_error(e, places) or e
 
 
 def build_places(ctx) -> list[Path | None]:
