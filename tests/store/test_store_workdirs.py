@@ -9,11 +9,15 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from store_helpers import REPO, kiln_cmd
 
 from kiln.config import load_config
+
+TEST_CACHE = Path(os.environ.get("KILN_TEST_CACHE", "/var/tmp/kiln-test-cache"))
 
 OWNER = """
 import sys, time
@@ -79,3 +83,52 @@ def test_killed_runs_work_dirs_are_reported_and_reclaimed(kiln_home: Path) -> No
         for p in procs:
             if p.poll() is None:
                 kill(p)
+
+
+@pytest.mark.integration
+def test_kill_9_of_a_build_leaves_a_work_dir_that_gc_reclaims(tmp_path: Path) -> None:
+    """The real thing: `kiln build` killed with SIGKILL while a customizer runs."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shared = TEST_CACHE / "kiln-home" / "cache"  # the Debian root the factory and disk-full tests share
+    shared.mkdir(parents=True, exist_ok=True)
+    (home / "cache").symlink_to(shared)
+    template = tmp_path / "t.json"
+    template.write_text(json.dumps({
+        "type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-07-01", "location": "westus2",
+        "properties": {
+            "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12-gen2",
+                       "version": "latest"},
+            "customize": [{"type": "Shell", "name": "waits", "inline": ["echo waiting-for-kill", "sleep 600"]}],
+            "distribute": [{"type": "ManagedImage", "location": "westus2", "runOutputName": "out",
+                            "imageId": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/images/k"}],
+        }}))
+    env = {**os.environ, "KILN_HOME": str(home), "PYTHONPATH": str(REPO / "src")}
+    build = subprocess.Popen([sys.executable, "-m", "kiln", "build", str(template)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        work = None
+        for _ in range(1800):
+            logs = list((home / "runs").glob("*/customization.log"))
+            if logs and "waiting-for-kill" in logs[0].read_text(errors="replace"):
+                work = load_config(home).work_dir / logs[0].parent.name
+                break
+            assert build.poll() is None, "the build ended before its customizer ran"
+            time.sleep(0.5)
+        assert work is not None and work.is_dir()
+        # While the build lives, its directory is its own.
+        assert str(work) not in kiln_cmd(home, "store", "check").stdout
+        assert json.loads(kiln_cmd(home, "gc", "--json").stdout)["workDirs"] == []
+        build.send_signal(signal.SIGKILL)
+        build.wait()
+    finally:
+        if build.poll() is None:
+            build.kill()
+            build.wait()
+    check = kiln_cmd(home, "store", "check")
+    assert check.returncode == 1 and f"work directory {work}" in check.stdout, check.stdout + check.stderr
+    runs = json.loads(kiln_cmd(home, "runs", "list", "--json").stdout)
+    assert runs[-1]["lastRunStatus"]["runState"] == "Failed"
+    assert json.loads(kiln_cmd(home, "gc", "--json").stdout)["workDirs"] == [str(work)]
+    assert not work.exists()
+    assert kiln_cmd(home, "store", "check").returncode == 0
