@@ -29,6 +29,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kiln.errors import InvalidInput
 
@@ -140,7 +141,7 @@ def load_config(home: Path | None = None) -> Config:
     """Read `config.toml` from the state home (if any) and fill in defaults."""
     home = (home or default_home()).absolute()
     path = home / "config.toml"
-    data: dict = {}
+    data: dict[str, Any] = {}  # parsed TOML, checked field by field below
     if path.is_file():
         try:
             data = tomllib.loads(path.read_text())

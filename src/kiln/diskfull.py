@@ -14,8 +14,13 @@ import errno
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kiln.errors import KilnError
+
+if TYPE_CHECKING:
+    from kiln.config import Config
+    from kiln.scratch import ScratchDir
 
 _TOOL_TEXT = ("no space left on device", "disk quota exceeded", "not enough space", "disk full")
 
@@ -117,8 +122,6 @@ def translated(e: BaseException, places: Iterable[Path | None] = ()) -> BaseExce
     return no_space_error(e, places) or e
 
 
-def build_places(ctx) -> list[Path | None]:
-    """The folders a build (kiln.pipeline.context.BuildContext) writes to: its work directory, its
-    scratch tree, the cache and the blobs."""
-    scratch = getattr(ctx, "scratch", None)
-    return [ctx.work, scratch.path if scratch is not None else None, ctx.config.cache_dir, ctx.config.blobs_dir]
+def build_places(work: Path, scratch: ScratchDir | None, config: Config) -> list[Path | None]:
+    """The folders a build writes to: its work directory, its scratch tree, the cache and the blobs."""
+    return [work, scratch.path if scratch is not None else None, config.cache_dir, config.blobs_dir]

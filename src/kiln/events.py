@@ -5,6 +5,10 @@ Every long piece of work reports to a `Monitor`: `begin` a run, `step` when a st
 run's outcome. Renderers turn events into text for a person (step lines with timings) or into JSON
 lines for a machine; a `LogFile` monitor writes the run's customization.log. `Monitors` fans one
 stream of events out to several of them. The CLI and (later) an API see the same events.
+
+Every event of a build carries its `run_id` and its `step_id` (the step it belongs to:
+`source`, `customize[0]`, `validate`, ...), stamped by the `RunMonitor` each run wraps around the
+monitor it is given: runs that share one monitor (a factory building in parallel) stay apart.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,6 +33,8 @@ class Event:
     seconds: float = 0.0
     data: dict[str, Any] = field(default_factory=dict)
     time: float = field(default_factory=time.time)
+    run_id: str = ""  # the run this event belongs to ("" outside a run)
+    step_id: str = ""  # the step within the run: a step's name; for a log line, the innermost step open
 
 
 class Monitor:
@@ -130,6 +136,40 @@ class LogFile(Monitor):
 
     def close(self) -> None:
         self._fh.close()
+
+
+class RunMonitor(Monitor):
+    """One run's view of a monitor: stamps every event with the run's id and its step's id.
+
+    Steps nest (`customize` holds `customize[0]`, `customize[1]`); a log line belongs to the
+    innermost step open when it is emitted (its own name is only a label, such as a customizer's
+    name), or to the name it gives when no step is open.
+    """
+
+    def __init__(self, inner: Monitor, run_id: str) -> None:
+        super().__init__()
+        self.inner = inner
+        self.run_id = run_id
+        self._open: list[str] = []
+
+    @property
+    def current_step(self) -> str:
+        return self._open[-1] if self._open else ""
+
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            if event.kind == "step":
+                self._open.append(event.name)
+                step_id = event.name
+            elif event.kind == "result":
+                if event.name in self._open:  # close it and anything left open inside it
+                    del self._open[self._open.index(event.name):]
+                step_id = event.name
+            elif event.kind == "log":  # its name is a label (a customizer's own name), not a step
+                step_id = self.current_step or event.name
+            else:
+                step_id = event.name
+        self.inner.emit(replace(event, run_id=self.run_id, step_id=step_id))
 
 
 class Monitors(Monitor):

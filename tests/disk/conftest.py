@@ -81,7 +81,7 @@ def _add_test_files(root: Path) -> None:
 @pytest.fixture(scope="session")
 def prepared_root(debian12_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private copy of the Debian 12 root with the test files, made bootable by prepare_boot."""
-    from kiln.disk.assemble import prepare_boot
+    from kiln.disk.boot import prepare_boot
 
     root = tmp_path_factory.mktemp("prepared") / "root"
     run(["cp", "-a", str(debian12_root), str(root)])
@@ -109,10 +109,11 @@ def sha256_of(path: Path) -> str:
 def built_disk(prepared_root: Path, tmp_path_factory: pytest.TempPathFactory) -> BuiltDisk:
     """The root assembled into a raw GPT/UEFI disk (content-sized), timed."""
     from kiln.disk.assemble import assemble_disk
+    from kiln.disk.boot import read_boot_config
 
     out = tmp_path_factory.mktemp("disk") / "disk.raw"
     t0 = time.monotonic()
-    layout = assemble_disk(prepared_root, out, size_bytes=None, monitor=NullMonitor())
+    layout = assemble_disk(prepared_root, out, read_boot_config(prepared_root), size_bytes=None, monitor=NullMonitor())
     seconds = time.monotonic() - t0
     print(f"\n[measure] assemble_disk: {seconds:.1f} s for a {layout.size_bytes / 2**30:.2f} GiB disk")
     return BuiltDisk(layout, seconds, sha256_of(out))

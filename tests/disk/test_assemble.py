@@ -8,15 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kiln.disk.assemble import (
-    ESP_TYPE,
-    ROOT_X86_64_TYPE,
-    SYSTEMD_BOOT_EFI,
-    assemble_disk,
-    find_kernel,
-    prepare_boot,
-    read_boot_config,
-)
+from kiln.disk.assemble import ESP_TYPE, ROOT_X86_64_TYPE, SYSTEMD_BOOT_EFI, assemble_disk, find_kernel
+from kiln.disk.boot import prepare_boot, read_boot_config
 from kiln.errors import BuildFailed, InvalidInput
 from kiln.run import run
 
@@ -101,13 +94,13 @@ def test_requested_size_is_honoured_and_too_small_is_a_user_error(
     prepared_root: Path, tmp_path: Path, built_disk: BuiltDisk
 ) -> None:
     out = tmp_path / "sized.raw"
-    layout = assemble_disk(prepared_root, out, size_bytes=3 * 1024**3)
+    layout = assemble_disk(prepared_root, out, read_boot_config(prepared_root), size_bytes=3 * 1024**3)
     assert os.path.getsize(out) == 3 * 1024**3
     assert layout.root.offset + layout.root.size == 3 * 1024**3 - MiB
     assert "No problems found" in sgdisk("-v", str(out))
     out.unlink()
     with pytest.raises(InvalidInput) as e:
-        assemble_disk(prepared_root, out, size_bytes=256 * MiB)
+        assemble_disk(prepared_root, out, read_boot_config(prepared_root), size_bytes=256 * MiB)
     assert e.value.path == ".properties.vmProfile.osDiskSizeGB"
     assert "osDiskSizeGB" in e.value.hint
     assert not out.exists()
@@ -117,10 +110,10 @@ def test_a_root_without_kernel_is_refused_before_writing(tmp_path: Path) -> None
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     (root / "boot").mkdir()
-    prepare_boot(root)
+    boot = prepare_boot(root)
     out = tmp_path / "nokernel.raw"
     with pytest.raises(BuildFailed, match="no kernel") as e:
-        assemble_disk(root, out, size_bytes=None)
+        assemble_disk(root, out, boot, size_bytes=None)
     assert "linux-image" in e.value.hint
     assert not out.exists()
 

@@ -20,11 +20,12 @@ VERSION = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galler
 @pytest.fixture(scope="module")
 def stored_disk(debian12: CachedRoot, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from kiln.disk.assemble import assemble_disk
+    from kiln.disk.boot import prepare_boot
 
     tmp = tmp_path_factory.mktemp("stored")
     root = fresh_copy(debian12, tmp / "root")
     (root / "etc/stored-marker").write_text("from the stored disk\n")
-    return assemble_disk(root, tmp / "disk.raw").path
+    return assemble_disk(root, tmp / "disk.raw", prepare_boot(root)).path
 
 
 def test_managed_image_and_gallery_version_sources(stored_disk: Path, tmp_path: Path) -> None:

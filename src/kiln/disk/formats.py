@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NotRequired, TypedDict, TypeGuard, cast
 
 from kiln.disk import vhd
 from kiln.errors import InvalidInput
@@ -23,7 +23,15 @@ from kiln.run import run
 
 Format = Literal["raw", "qcow2", "vpc"]
 ExportFormat = Literal["raw", "vhd", "vhd-dynamic", "qcow2"]
-EXPORT_FORMATS: tuple[str, ...] = ("raw", "vhd", "vhd-dynamic", "qcow2")
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("raw", "vhd", "vhd-dynamic", "qcow2")
+
+
+def is_export_format(name: str) -> TypeGuard[ExportFormat]:
+    return name in EXPORT_FORMATS
+
+
+# The part of `qemu-img info --output=json` kiln reads (functional form: the keys have hyphens).
+QemuImgInfo = TypedDict("QemuImgInfo", {"virtual-size": int, "backing-filename": NotRequired[str]})
 
 # Formats qemu knows that kiln does not take as input: name them instead of calling them "not a disk".
 _OTHER_MAGIC = (
@@ -58,11 +66,11 @@ def _not_a_disk(path: Path, why: str) -> InvalidInput:
     )
 
 
-def _qemu_info(path: Path, fmt: str) -> dict:
+def _qemu_info(path: Path, fmt: str) -> QemuImgInfo:
     out = run(["qemu-img", "info", "--output=json", "-f", fmt, path], capture=True, check=False)
     if out.returncode != 0:
         raise _not_a_disk(path, f"qemu-img cannot read it as {fmt}: {out.stdout.strip().splitlines()[-1:]}")
-    return json.loads(out.stdout)
+    return cast(QemuImgInfo, json.loads(out.stdout))
 
 
 def detect(path: Path) -> DiskInfo:

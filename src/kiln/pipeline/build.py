@@ -1,7 +1,8 @@
 """The build: a template in, a boot-tested image published to its targets out.
 
-`build()` reads like the pipeline in design.md. Each step is a `verb_noun(ctx)` call that returns
-early when there is nothing to do, reports to the monitor, and moves the run's state as AIB does
+`build()` reads like the pipeline in docs/architecture.md. Each step is a `verb_noun(ctx, ...)`
+call that takes the products it needs (typed records from pipeline/context.py) and returns its
+own, returns early when there is nothing to do, reports to the monitor, and moves the run's state as AIB does
 (Queued → Building → Customizing → Validating → Distributing; Succeeded, PartiallySucceeded,
 Failed, Canceled). The run's work directory is removed on success, failure, timeout and Ctrl-C
 alike, unless `errorHandling` says `abort` for the failure that happened (then its path and a
@@ -16,27 +17,46 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from kiln.config import Config
 from kiln.diskfull import build_places, explain_no_space, no_space_error
 from kiln.errors import BuildFailed, Canceled, InvalidInput, KilnError
-from kiln.events import LogFile, Monitor, Monitors
+from kiln.events import LogFile, Monitor, Monitors, RunMonitor
 from kiln.ids import ResourceId
-from kiln.pipeline.context import KEEP_MARKER, BuildContext, BuildOptions
+from kiln.pipeline.context import (
+    KEEP_MARKER,
+    BuildContext,
+    BuildOptions,
+    BuildOutcome,
+    Disk,
+    SourceTree,
+    Validation,
+    Workspace,
+)
 from kiln.pipeline.recorder import RunRecorder
 from kiln.store.blobs import KnownDigest
 from kiln.template.model import (
     FileStep,
     ImageTemplate,
+    IsoSource,
     ManagedImageSource,
+    PlatformImageSource,
     PowerShellStep,
     SharedImageVersionSource,
     ShellStep,
+    Source,
 )
+
+if TYPE_CHECKING:
+    from kiln.store.runs import RunOutput
+    from kiln.store.store import Store
+    from kiln.validate.boottest import GuestScript
 
 
 class BuildTimeout(BuildFailed):
@@ -51,12 +71,12 @@ def build(
     template: ImageTemplate,
     *,
     config: Config,
-    store,
+    store: Store,
     monitor: Monitor,
     options: BuildOptions | None = None,
     template_id: ResourceId | None = None,
-) -> BuildContext:
-    """Run one template end to end. Returns the finished context (state, outputs) or raises."""
+) -> BuildOutcome:
+    """Run one template end to end. Returns the run's outcome, or raises (Failed, Canceled)."""
     options = options or BuildOptions()
     template_id = template_id or template_resource_id(template)
     recorder = RunRecorder.start(store, template, template_id, config)
@@ -66,244 +86,246 @@ def build(
         template_id=template_id,
         config=config,
         store=store,
-        monitor=Monitors(monitor, log),
+        monitor=RunMonitor(Monitors(monitor, log), recorder.run_id),
         options=options,
         run_id=recorder.run_id,
         work=config.work_dir / recorder.run_id,
         log_path=recorder.log_path,
+        deadline=time.monotonic() + template.timeout_minutes * 60,
     )
+    space = Workspace(ctx.work)
     ctx.monitor.begin("build", f"{template.name} (run {ctx.run_id}, log {ctx.log_path})")
     keep_work = options.keep_work
     try:
-        ctx.deadline = time.monotonic() + template.timeout_minutes * 60
         with deadline(template.timeout_minutes * 60):
             recorder.hold_work(ctx.work)  # the lock tells gc this directory is a live run's
             recorder.sub_state("Building")
-            check_supported(ctx)
-            resolve_source(ctx)
+            os_type = check_supported(ctx)
+            tree = resolve_source(ctx, space, os_type)
             recorder.sub_state("Customizing")
             try:
-                customize(ctx)
-                generalize(ctx)
-                assemble_disk(ctx)
+                customize(ctx, tree)
+                generalize(ctx, tree)
+                disk = assemble_disk(ctx, space, tree)
             except (BuildFailed, InvalidInput) as e:
-                keep_work = keep_work or abort_requested(ctx, template.error_handling.on_customizer_error, e)
+                keep_work = keep_work or abort_requested(ctx, space, template.error_handling.on_customizer_error, e)
                 raise
             recorder.sub_state("Validating")
-            validate(ctx)
+            checked = validate(ctx, disk)
             recorder.sub_state("Distributing")
-            distribute(ctx)
-        state, message = outcome(ctx)
-        recorder.finish(state, message, ctx.outputs)
+            space.outputs = distribute(ctx, tree, disk, checked)
+        state, message = outcome(checked, space.outputs)
+        recorder.finish(state, message, space.outputs)
         ctx.monitor.finish("build", ok=state == "Succeeded", message=f"{state}{': ' + message if message else ''}")
         if state == "Failed":
             raise BuildFailed(message)
-        return ctx
+        return BuildOutcome(ctx.run_id, state, message, tuple(space.outputs))
     except KeyboardInterrupt:
-        recorder.finish("Canceled", "canceled by the user", ctx.outputs)
+        recorder.finish("Canceled", "canceled by the user", space.outputs)
         ctx.monitor.finish("build", ok=False, message="Canceled")
         raise Canceled("build canceled; nothing was published and the work directory was removed") from None
     except ValidationError as e:
-        keep_work = keep_work or abort_requested(ctx, template.error_handling.on_validation_error, e)
-        recorder.finish("Failed", e.message, ctx.outputs)
+        keep_work = keep_work or abort_requested(ctx, space, template.error_handling.on_validation_error, e)
+        recorder.finish("Failed", e.message, space.outputs)
         ctx.monitor.finish("build", ok=False, message=f"Failed: {e.message}")
         raise
     except KilnError as e:
-        explain_no_space(e, build_places(ctx))  # a tool that ran out of room: say where, before cleanup frees it
+        explain_no_space(e, build_places(ctx.work, space.scratch, config))  # a tool that ran out of room: say where, before cleanup frees it
         if e.path and not e.file:
             e.file = template.file  # a JSON path means most to the user next to its file
         if not recorder.finished:
-            recorder.finish("Failed", e.message, ctx.outputs)
+            recorder.finish("Failed", e.message, space.outputs)
             ctx.monitor.finish("build", ok=False, message=f"Failed: {e.message}")
         raise
     except BaseException as e:  # a bug: still record the run and clean up, then keep the traceback
-        if (full := no_space_error(e, build_places(ctx))) is not None:  # ENOSPC is the host's state, not a bug
-            recorder.finish("Failed", full.message, ctx.outputs)
+        if (full := no_space_error(e, build_places(ctx.work, space.scratch, config))) is not None:  # the host's state, not a bug
+            recorder.finish("Failed", full.message, space.outputs)
             raise full from e
-        recorder.finish("Failed", f"internal error: {e!r}", ctx.outputs)
+        recorder.finish("Failed", f"internal error: {e!r}", space.outputs)
         raise
     finally:
-        release(ctx, keep_work)
+        release(ctx, space, keep_work)
         log.close()
 
 
 # ---------------------------------------------------------------- steps
 
 
-def check_supported(ctx: BuildContext) -> None:
-    """Fail fast, before any bootstrap, on what this host cannot build."""
+def check_supported(ctx: BuildContext) -> str:
+    """Fail fast, before any bootstrap, on what this host cannot build. Returns the source's OS type."""
     from kiln.customizers import check_supported as check_steps
     from kiln.sources import source_os_type
 
-    ctx.os_type = source_os_type(ctx.template.source, ctx.config, disk_for=lambda s: source_disk(ctx, s))
-    if ctx.os_type == "Windows":
+    os_type = source_os_type(ctx.template.source, ctx.config, disk_for=lambda s: source_disk(ctx, s))
+    if os_type == "Windows":
         raise InvalidInput(
             f"template {ctx.template.name!r} has a Windows source; Windows images cannot be built on this host",
             hint="no Windows installation media is reachable here; `kiln validate` still checks Windows templates",
             path=".properties.source",
         )
-    check_steps(ctx.template.customize, ctx.os_type)
-    check_steps(ctx.template.validate.in_vm_validations, ctx.os_type)
+    check_steps(ctx.template.customize, os_type)
+    check_steps(ctx.template.validate.in_vm_validations, os_type)
+    return os_type
 
 
-def resolve_source(ctx: BuildContext) -> None:
+def resolve_source(ctx: BuildContext, space: Workspace, os_type: str) -> SourceTree:
     from kiln import sources
     from kiln.scratch import ScratchDir
 
-    ctx.monitor.step("source", describe_source(ctx.template))
-    # The root tree lives in scratch space (RAM when there is room; see build/scratch.py), the
+    description = describe_source(ctx.template)
+    ctx.monitor.step("source", description)
+    # The root tree lives in scratch space (RAM when there is room; see kiln/scratch.py), the
     # disk in the work directory next to the blobs.
-    ctx.scratch = ScratchDir.create(ctx.work, ctx.run_id)
+    space.scratch = ScratchDir.create(ctx.work, ctx.run_id)
     tree = sources.resolve_source(
         ctx.template.source,
         config=ctx.config,
-        work=ctx.scratch.path,
+        work=space.scratch.path,
         monitor=ctx.monitor,
         disk_for=lambda s: source_disk(ctx, s),
     )
-    ctx.root = tree.path
-    ctx.exact_version = tree.exact_version
+    space.root = tree.path
     ctx.monitor.result("source", message=f"{tree.path} ({tree.os_release.get('PRETTY_NAME', '?')}, version {tree.exact_version})")
+    return SourceTree(tree.path, os_type, tree.exact_version, description)
 
 
-def customize(ctx: BuildContext) -> None:
+def customize(ctx: BuildContext, tree: SourceTree) -> None:
     from kiln.customizers import run_customizers
     from kiln.sandbox.isolated import IsolatedRoot
 
     steps = ctx.template.customize
     if not steps or ctx.template.validate.source_validation_only:
         return
-    assert ctx.root is not None
     ctx.monitor.step("customize", f"{len(steps)} step(s)")
-    run_customizers(steps, IsolatedRoot(ctx.root, monitor=ctx.monitor), config=ctx.config, monitor=ctx.monitor,
-                    os_type=ctx.os_type, deadline=ctx.deadline)
+    run_customizers(steps, IsolatedRoot(tree.root, monitor=ctx.monitor), config=ctx.config, monitor=ctx.monitor,
+                    os_type=tree.os_type, deadline=ctx.deadline)
     ctx.monitor.result("customize")
 
 
-def generalize(ctx: BuildContext) -> None:
+def generalize(ctx: BuildContext, tree: SourceTree) -> None:
     from kiln.generalize.deprovision import generalize as deprovision
 
     if ctx.template.validate.source_validation_only or not ctx.options.generalize:
         return
-    assert ctx.root is not None
     ctx.monitor.step("generalize", "deprovision (machine-id, ssh host keys, logs, caches)")
-    deprovision(ctx.root, ctx.monitor)
+    deprovision(tree.root, ctx.monitor)
     ctx.monitor.result("generalize")
 
 
-def assemble_disk(ctx: BuildContext) -> None:
+def assemble_disk(ctx: BuildContext, space: Workspace, tree: SourceTree) -> Disk:
     from kiln.disk.assemble import assemble_disk as assemble
-    from kiln.disk.assemble import prepare_boot
+    from kiln.disk.boot import prepare_boot
 
-    assert ctx.root is not None
     size_gb = ctx.template.vm_profile.os_disk_size_gb
     ctx.monitor.step("assemble", f"GPT/UEFI disk, {f'{size_gb} GiB' if size_gb else 'content + headroom'}")
-    prepare_boot(ctx.root)
-    ctx.disk = ctx.work / "disk.raw"
-    layout = assemble(ctx.root, ctx.disk, size_bytes=size_gb * 1024**3 if size_gb else None, monitor=ctx.monitor)
-    ctx.disk_format = "raw"
+    boot = prepare_boot(tree.root)
+    space.disk = ctx.work / "disk.raw"
+    layout = assemble(tree.root, space.disk, boot, size_bytes=size_gb * 1024**3 if size_gb else None,
+                      monitor=ctx.monitor)
     # The tree is in the disk now: its reaper deletes it in the background, off the critical path.
-    ctx.scratch.release()
-    ctx.root = None
-    ctx.monitor.result("assemble", message=f"{ctx.disk} ({layout.size_bytes / 1024**3:.2f} GiB virtual)")
+    if space.scratch is not None:
+        space.scratch.release()
+    space.root = None
+    ctx.monitor.result("assemble", message=f"{space.disk} ({layout.size_bytes / 1024**3:.2f} GiB virtual)")
+    return Disk(space.disk, "raw", layout)
 
 
-def validate(ctx: BuildContext) -> None:
+def validate(ctx: BuildContext, disk: Disk) -> Validation:
     """Boot the disk in QEMU; run inVMValidations in the guest. Failure stops distribution unless
     `continueDistributeOnFailure`; the run is Failed either way, as in AIB."""
     from kiln.validate.boottest import boot_test
 
     if not ctx.options.validate:
-        ctx.monitor.log("boot test skipped (--no-validate): the published image is marked unverified")
-        return
-    assert ctx.disk is not None
+        ctx.monitor.log("boot test skipped (--no-validate): the published image is marked unverified", name="validate")
+        return Validation(ran=False)
     scripts = guest_scripts(ctx)
     ctx.monitor.step("validate", f"boot in QEMU, {len(scripts)} in-VM validation(s)")
     # The guest boots from an overlay, so the disk cannot change: hash it for the store meanwhile,
     # and publishing later costs a rename and a footer. (QEMU stays on this thread: it is tied to it.)
+    known_digest = None
     with ThreadPoolExecutor(1, thread_name_prefix="kiln-hash") as pool:
-        hashing = pool.submit(KnownDigest.compute, ctx.disk)
+        hashing = pool.submit(KnownDigest.compute, disk.path)
         report = boot_test(
-            ctx.disk,
-            ctx.disk_format,
+            disk.path,
+            disk.format,
             scripts=scripts,
             timeout_s=ctx.options.boot_timeout_s,
             monitor=ctx.monitor,
-            serial_log=ctx.log_path.with_name("serial.log"),
+            serial_log=ctx.serial_log,
             work_dir=ctx.work,
         )
         try:
-            ctx.known_digest = hashing.result()
+            known_digest = hashing.result()
         except (OSError, RuntimeError) as e:  # publishing hashes it again
             ctx.monitor.log(f"disk hash during the boot test failed ({e}); it is hashed at publish time")
-    ctx.boot_report = report
     failed = [r for r in report.results if r.exit_code != 0]
     if not report.ok or failed:
         if not report.marker_seen:
             why = report.message or f"the image did not boot to readiness within {ctx.options.boot_timeout_s:.0f} s"
         else:
             why = "; ".join(f"validation {r.name!r} exited {r.exit_code}: {r.output_tail.strip()[-300:]}" for r in failed)
-        ctx.validation_failed = why
         ctx.monitor.result("validate", ok=False, message=why)
         if not ctx.template.validate.continue_distribute_on_failure:
-            raise ValidationError(f"validation failed: {why}", hint=f"serial console: {ctx.log_path.with_name('serial.log')}")
+            raise ValidationError(f"validation failed: {why}", hint=f"serial console: {ctx.serial_log}")
         ctx.monitor.log("continueDistributeOnFailure is set: distributing the image anyway (run will be Failed)")
-        return
+        return Validation(ran=True, failure=why, report=report, known_digest=known_digest)
     ctx.monitor.result("validate", message=f"booted in {report.seconds:.1f} s, {len(scripts)} validation(s) passed")
+    return Validation(ran=True, report=report, known_digest=known_digest)
 
 
-def distribute(ctx: BuildContext) -> None:
+def distribute(ctx: BuildContext, tree: SourceTree, disk: Disk, checked: Validation) -> list[RunOutput]:
     from kiln.distribute import BuiltArtifact
     from kiln.distribute import distribute as publish
 
-    assert ctx.disk is not None
     ctx.monitor.step("distribute", f"{len(ctx.template.distribute)} target(s)")
     artifact = BuiltArtifact(
-        disk=ctx.disk,
-        os_type=ctx.os_type,
+        disk=disk.path,
+        os_type=tree.os_type,
         os_state="Generalized" if ctx.options.generalize else "Specialized",
         hyper_v_generation="V2",
-        source_version=ctx.exact_version,
-        boot_tested=ctx.options.validate and ctx.validation_failed is None,
+        source_version=tree.exact_version,
+        boot_tested=checked.passed,
         description=f"built by kiln from template {ctx.template.name}",
-        source_id=describe_source(ctx.template),
-        known_digest=ctx.known_digest,
+        source_id=tree.description,
+        known_digest=checked.known_digest,
     )
-    ctx.outputs = publish(
+    outputs = publish(
         ctx.store, ctx.template.distribute, artifact, template_id=ctx.template_id, run_id=ctx.run_id, monitor=ctx.monitor
     )
-    ok = sum(1 for o in ctx.outputs if o.provisioning_state == "Succeeded")
-    ctx.monitor.result("distribute", ok=ok == len(ctx.outputs), message=f"{ok}/{len(ctx.outputs)} target(s) published")
+    ok = sum(1 for o in outputs if o.provisioning_state == "Succeeded")
+    ctx.monitor.result("distribute", ok=ok == len(outputs), message=f"{ok}/{len(outputs)} target(s) published")
+    return outputs
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def outcome(ctx: BuildContext) -> tuple[str, str]:
+def outcome(checked: Validation, outputs: Sequence[RunOutput]) -> tuple[str, str]:
     """AIB's final runState: any validation failure is Failed; some targets failing is PartiallySucceeded."""
-    failed = [o for o in ctx.outputs if o.provisioning_state != "Succeeded"]
-    if ctx.validation_failed:
-        return "Failed", f"validation failed: {ctx.validation_failed}"
-    if failed and len(failed) == len(ctx.outputs):
+    failed = [o for o in outputs if o.provisioning_state != "Succeeded"]
+    if checked.failure:
+        return "Failed", f"validation failed: {checked.failure}"
+    if failed and len(failed) == len(outputs):
         return "Failed", "; ".join(f"{o.name}: {o.error}" for o in failed)
     if failed:
         return "PartiallySucceeded", "; ".join(f"{o.name}: {o.error}" for o in failed)
     return "Succeeded", ""
 
 
-def guest_scripts(ctx: BuildContext) -> list:
+def guest_scripts(ctx: BuildContext) -> list[GuestScript]:
     """inVMValidations as shell scripts for the guest (File: the bytes embedded, written to the path)."""
     from kiln.fetch import Fetcher
     from kiln.validate.boottest import GuestScript
 
     fetcher = Fetcher(ctx.config, ctx.monitor)
-    scripts = []
+    scripts: list[GuestScript] = []
     for i, step in enumerate(ctx.template.validate.in_vm_validations):
         name = step.name or f"{step.type}-{i}"
         if isinstance(step, ShellStep | PowerShellStep):
             if step.inline is not None:
                 body = "\n".join(step.inline)
             else:
+                assert step.script_uri is not None  # the schema requires inline or scriptUri
                 body = fetcher.fetch_text(step.script_uri, step.sha256_checksum, what=f"inVMValidations[{i}].scriptUri")
             if isinstance(step, PowerShellStep):
                 body = "command -v pwsh >/dev/null || { echo 'pwsh is not installed in this image' >&2; exit 127; }\n" \
@@ -320,7 +342,7 @@ def guest_scripts(ctx: BuildContext) -> list:
     return scripts
 
 
-def source_disk(ctx: BuildContext, source) -> tuple[Path, str, str | None]:
+def source_disk(ctx: BuildContext, source: Source) -> tuple[Path, str, str | None]:
     """The stored disk behind a ManagedImage or SharedImageVersion source: (path, format, version)."""
     if isinstance(source, ManagedImageSource):
         image = ctx.store.images.get(source.image_id)
@@ -332,15 +354,14 @@ def source_disk(ctx: BuildContext, source) -> tuple[Path, str, str | None]:
 
 
 def describe_source(t: ImageTemplate) -> str:
-    s = t.source
-    match s.type:
-        case "PlatformImage":
+    match t.source:
+        case PlatformImageSource() as s:
             return f"PlatformImage {s.publisher}:{s.offer}:{s.sku}:{s.version}"
-        case "ManagedImage":
+        case ManagedImageSource() as s:
             return f"ManagedImage {s.image_id}"
-        case "SharedImageVersion":
+        case SharedImageVersionSource() as s:
             return f"SharedImageVersion {s.image_version_id}"
-        case _:
+        case IsoSource() as s:
             return f"ISO {s.source_uri}"
 
 
@@ -355,29 +376,29 @@ def template_resource_id(t: ImageTemplate) -> ResourceId:
     return ResourceId("00000000-0000-0000-0000-000000000000", "kiln", "Microsoft.VirtualMachineImages", ("imageTemplates",), (t.name,))
 
 
-def abort_requested(ctx: BuildContext, mode: str, error: KilnError) -> bool:
+def abort_requested(ctx: BuildContext, space: Workspace, mode: str, error: KilnError) -> bool:
     if mode != "abort":
         return False
-    if ctx.scratch is not None and ctx.root is not None:  # the tree joins the kept work directory
-        ctx.root = ctx.scratch.keep_in(ctx.work) / ctx.root.relative_to(ctx.scratch.path)
+    if space.scratch is not None and space.root is not None:  # the tree joins the kept work directory
+        space.root = space.scratch.keep_in(ctx.work) / space.root.relative_to(space.scratch.path)
     hints = [f"errorHandling says abort: the work directory is kept at {ctx.work}"]
-    if ctx.root is not None and ctx.root.exists():
-        hints.append(f"enter the root: sudo unshare --mount --pid --fork chroot {shlex.quote(str(ctx.root))} /bin/bash")
-    if ctx.disk is not None and ctx.disk.exists():
+    if space.root is not None and space.root.exists():
+        hints.append(f"enter the root: sudo unshare --mount --pid --fork chroot {shlex.quote(str(space.root))} /bin/bash")
+    if space.disk is not None and space.disk.exists():
         hints.append(
             "boot the disk: qemu-system-x86_64 -machine q35 -m 2048 -nographic "
             f"-drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd "
-            f"-drive file={shlex.quote(str(ctx.disk))},format={ctx.disk_format},if=virtio,snapshot=on"
+            f"-drive file={shlex.quote(str(space.disk))},format={space.disk_format},if=virtio,snapshot=on"
         )
     error.hint = "\n  ".join(filter(None, [error.hint, *hints]))
     return True
 
 
-def release(ctx: BuildContext, keep_work: bool) -> None:
-    if ctx.scratch is not None:
+def release(ctx: BuildContext, space: Workspace, keep_work: bool) -> None:
+    if space.scratch is not None:
         if keep_work:
-            ctx.scratch.keep_in(ctx.work)
-        ctx.scratch.remove()  # at once on failure; after assemble it is already the reaper's
+            space.scratch.keep_in(ctx.work)
+        space.scratch.remove()  # at once on failure; after assemble it is already the reaper's
     if keep_work:
         if ctx.work.exists():  # tells cleanup (kiln factory cleanup) this one was kept on purpose
             (ctx.work / KEEP_MARKER).write_text(f"run {ctx.run_id} of {ctx.template_id}: kept for inspection\n")
@@ -397,7 +418,7 @@ def deadline(seconds: float) -> Iterator[None]:
         yield
         return
 
-    def expire(signum, frame):
+    def expire(signum: int, frame: FrameType | None) -> None:
         raise BuildTimeout(
             f"build timed out after {seconds / 60:g} minute(s) (buildTimeoutInMinutes)",
             hint="raise buildTimeoutInMinutes (up to 960) or make the customizers faster",

@@ -11,24 +11,30 @@ from __future__ import annotations
 import os
 import uuid
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kiln.config import Config
 from kiln.ids import ResourceId
 from kiln.store import worklock
 from kiln.template.model import ImageTemplate
 
+if TYPE_CHECKING:
+    from kiln.store.runs import RunOutput
+    from kiln.store.store import Store
+
 
 @dataclass
 class RunRecorder:
-    store: object
+    store: Store
     run_id: str
     log_path: Path
     finished: bool = field(default=False)
 
     @classmethod
-    def start(cls, store, template: ImageTemplate, template_id: ResourceId, config: Config) -> RunRecorder:
+    def start(cls, store: Store, template: ImageTemplate, template_id: ResourceId, config: Config) -> RunRecorder:
         from kiln.template.dump import dump_template
 
         run_id = uuid.uuid4().hex[:12]
@@ -50,7 +56,7 @@ class RunRecorder:
     def sub_state(self, name: str) -> None:
         self.store.runs.update(self.run_id, run_sub_state=name)
 
-    def finish(self, state: str, message: str, outputs: list) -> None:
+    def finish(self, state: str, message: str, outputs: Sequence[RunOutput]) -> None:
         if self.finished:
             return
         self.store.runs.finish(self.run_id, state, message)

@@ -34,7 +34,7 @@ import shutil
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TypedDict
 
 from kiln.config import Config
 from kiln.diskfull import translated
@@ -46,6 +46,13 @@ from kiln.sources.mirror import SuiteRelease, fetch_release
 from kiln.sources.platform import Recipe, recipe_for
 from kiln.sources.roottree import RootTree, read_os_release
 from kiln.template.model import PlatformImageSource
+
+
+class CacheMeta(TypedDict):
+    """What a cached root's `<entry>.json` records (for a person looking at the cache)."""
+
+    exact_version: str
+    recipe: dict[str, Any]  # dataclasses.asdict(Recipe)
 
 RECIPE_VERSION = "4"
 SETUP_HOOK = Path(__file__).with_name("platform-setup.sh")
@@ -135,7 +142,7 @@ def platform_root(source: PlatformImageSource, *, config: Config, dest: Path, mo
 
 
 def _bootstrap_and_cache(recipe: Recipe, entry: Path, dest: Path, lock: _KeyLock, monitor: Monitor, *,
-                         debs: Path, meta: dict) -> None:
+                         debs: Path, meta: CacheMeta) -> None:
     """Bootstrap a pristine root in scratch space, give the build its own copy at `dest`, and write
     the pristine one into the cache in the background (it is on the critical path otherwise: a few
     seconds of disk writes while the build could be customizing). The key stays locked until the
@@ -273,7 +280,7 @@ def keep_debs(root: Path, debs: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def store_root(root: Path, entry: Path, meta: dict) -> None:
+def store_root(root: Path, entry: Path, meta: CacheMeta) -> None:
     """Copy `root` to the cache `entry` (a directory): under a temporary name, renamed when complete."""
     tmp = entry.with_name(f".partial-{os.getpid()}-{entry.name}")
     try:

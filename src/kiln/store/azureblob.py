@@ -10,22 +10,32 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 from kiln.config import RegionConfig
 from kiln.errors import KilnError
 from kiln.store.files import data_extents
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient
 
 PAGE = 512
 MAX_PUT = 4 * 1024 * 1024  # the largest Put Page request
 _ZERO = bytes(MAX_PUT)
 
 
-def _container(region: RegionConfig):  # -> ContainerClient (azure imported lazily: it is slow to import)
+class _ClientOptions(TypedDict):
+    retry_total: int
+    retry_backoff_factor: float
+    connection_timeout: int
+
+
+def _container(region: RegionConfig) -> ContainerClient:  # azure is imported lazily: it is slow to import
     from azure.core.exceptions import ResourceExistsError
     from azure.storage.blob import BlobServiceClient
 
     # A few quick retries: an unreachable account should fail in seconds, not after minutes of backoff.
-    opts = {"retry_total": 2, "retry_backoff_factor": 0.2, "connection_timeout": 20}
+    opts: _ClientOptions = {"retry_total": 2, "retry_backoff_factor": 0.2, "connection_timeout": 20}
     if "AccountName=" in region.url or "UseDevelopmentStorage" in region.url:
         svc = BlobServiceClient.from_connection_string(region.url, **opts)
     else:
@@ -87,14 +97,16 @@ def delete_vhd(digest: str, region: RegionConfig) -> None:
 
 def download(region: RegionConfig, digest: str) -> bytes:
     """The whole page blob (tests compare it with the local blob)."""
-    return _container(region).get_blob_client(f"{digest}.vhd").download_blob().readall()
+    data: bytes = _container(region).get_blob_client(f"{digest}.vhd").download_blob().readall()
+    return data
 
 
 def stored_digest(region: RegionConfig, digest: str) -> str | None:
     from azure.core.exceptions import ResourceNotFoundError
 
     try:
-        return _container(region).get_blob_client(f"{digest}.vhd").get_blob_properties().metadata.get("kiln_digest")
+        mark: str | None = _container(region).get_blob_client(f"{digest}.vhd").get_blob_properties().metadata.get("kiln_digest")
+        return mark
     except ResourceNotFoundError:
         return None
 

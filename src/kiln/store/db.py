@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 MIGRATIONS: list[tuple[str, ...]] = [
     # 1: blobs, managed images, galleries, regions' replicas, templates, runs, run outputs, leases.
@@ -184,11 +184,12 @@ class Catalog:
         finally:
             self.conn.execute("COMMIT")
 
-    def query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         return self.conn.execute(sql, args).fetchall()
 
-    def one(self, sql: str, args: tuple = ()) -> sqlite3.Row | None:
-        return self.conn.execute(sql, args).fetchone()
+    def one(self, sql: str, args: tuple[object, ...] = ()) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.conn.execute(sql, args).fetchone()
+        return row
 
     def close(self) -> None:
         self.conn.close()
@@ -248,10 +249,10 @@ class GroupCommit(Generic[T, R]):
             self._write(batch, write)
         if slot.error is not None:
             raise slot.error
-        return slot.result  # type: ignore[return-value]
+        return cast(R, slot.result)  # set when done without an error (R itself may include None)
 
     def _write(self, batch: list[_Slot[T, R]], write: Callable[[Sequence[T]], Sequence[R]]) -> None:
-        results: Sequence[Any] = ()
+        results: Sequence[R] = ()
         error: BaseException | None = None
         try:
             results = write([s.item for s in batch])

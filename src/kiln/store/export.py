@@ -18,7 +18,7 @@ from kiln.store.blobs import DiskRef
 
 
 def export_disk(disk: DiskRef, fmt: str, output: Path) -> None:
-    if fmt not in formats.EXPORT_FORMATS:
+    if not formats.is_export_format(fmt):
         raise InvalidInput(f"unknown export format {fmt!r}", hint=f"use one of {', '.join(formats.EXPORT_FORMATS)}")
     if output.exists() or output.is_symlink():
         raise InvalidInput(f"{output} already exists", file=str(output), hint="kiln does not overwrite files: remove it or pick another name")
@@ -35,7 +35,7 @@ def export_disk(disk: DiskRef, fmt: str, output: Path) -> None:
             if not files.try_reflink(disk.path, tmp):
                 files.sparse_copy(disk.path, tmp)
         else:
-            formats.export(disk.path, disk.format, tmp, fmt)  # type: ignore[arg-type]
+            formats.export(disk.path, disk.format, tmp, fmt)
         os.chmod(tmp, 0o644)
         os.replace(tmp, output)
     except OSError as e:

@@ -9,6 +9,7 @@ is finished by running it again.
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ class Images:
         self.blobs = blobs
         self.regions = regions
 
-    def _row(self, r: Any) -> ManagedImage:
+    def _row(self, r: sqlite3.Row) -> ManagedImage:
         blob = self.blobs.get(r["digest"])
         return ManagedImage(
             id=ids.parse(r["id"], ids.IMAGE), location=r["location"], os_type=r["os_type"], os_state=r["os_state"],

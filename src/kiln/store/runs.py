@@ -13,9 +13,11 @@ killed is reported as Failed rather than Running forever (`reap()`).
 
 from __future__ import annotations
 
+import builtins
 import datetime
 import json
 import os
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -146,7 +148,7 @@ class Runs:
     def update(self, run_id: str, *, run_state: str | None = None, run_sub_state: str | None = None,
                message: str | None = None, log_path: str | None = None) -> None:
         sets: list[str] = []
-        args: list[Any] = []
+        args: list[object] = []
         for col, value, allowed in (("run_state", run_state, RUN_STATES), ("run_sub_state", run_sub_state, RUN_SUB_STATES),
                                     ("message", message, None), ("log_path", log_path, None)):
             if value is not None:
@@ -178,7 +180,7 @@ class Runs:
         return RunOutput(output.name, output.template_id, output.target_type, output.provisioning_state,
                          output.artifact_id, output.artifact_uri, output.error, run_id, t)
 
-    def _outputs(self, rows: list[Any]) -> tuple[RunOutput, ...]:
+    def _outputs(self, rows: list[sqlite3.Row]) -> tuple[RunOutput, ...]:
         tids = {r["template_key"]: self._template_key_id(r["template_key"]) for r in rows}
         return tuple(RunOutput(r["name"], tids[r["template_key"]], r["target_type"], r["provisioning_state"],
                                r["artifact_id"], r["artifact_uri"], r["error"], r["run_id"], r["created"]) for r in rows)
@@ -187,7 +189,7 @@ class Runs:
         r = self.catalog.one("SELECT id FROM image_templates WHERE key = ?", (key,))
         return ids.parse(r["id"] if r else key)
 
-    def _run(self, r: Any) -> Run:
+    def _run(self, r: sqlite3.Row) -> Run:
         outputs = self._outputs(self.catalog.query("SELECT * FROM run_outputs WHERE run_id = ? ORDER BY name", (r["run_id"],)))
         return Run(r["run_id"], self._template_key_id(r["template_key"]), r["run_state"], r["run_sub_state"], r["message"],
                    r["start_time"], r["end_time"], r["log_path"], outputs)
@@ -208,7 +210,7 @@ class Runs:
                                       (_template_id(template_id).key,))
         return [self._run(r) for r in rows]
 
-    def outputs(self, template_id: str | ResourceId) -> list[RunOutput]:
+    def outputs(self, template_id: str | ResourceId) -> builtins.list[RunOutput]:  # `list` is a method here
         """The template's run outputs as AIB shows them: for each runOutputName, the latest run's."""
         rid = _template_id(template_id)
         rows = self.catalog.query(

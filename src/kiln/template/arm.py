@@ -119,8 +119,8 @@ class _Parser:
 
     def parse(self) -> Any:
         node = self.expr()
-        if self.peek() is not None:
-            raise ArmError(f"unexpected {self.peek()[1]!r} after the expression")  # type: ignore[index]
+        if (extra := self.peek()) is not None:
+            raise ArmError(f"unexpected {extra[1]!r} after the expression")
         return node
 
     def expr(self) -> Any:
@@ -132,7 +132,7 @@ class _Parser:
         elif kind == "name":
             self.take("(")
             args: list[Any] = []
-            if self.peek() is not None and self.peek()[1] == ")":  # type: ignore[index]
+            if (tok := self.peek()) is not None and tok[1] == ")":
                 self.take(")")
             else:
                 while True:
@@ -288,7 +288,7 @@ def _fn_format(scope: Scope, template: Any, *args: Any) -> str:
 
 
 def _fn_replace(scope: Scope, text: Any, old: Any, new: Any) -> str:
-    if not all(isinstance(a, str) for a in (text, old, new)):
+    if not (isinstance(text, str) and isinstance(old, str) and isinstance(new, str)):
         raise ArmError("replace() takes three strings")
     return text.replace(old, new)
 

@@ -60,6 +60,13 @@ def _step(d: dict[str, Any]) -> m.Customizer:
                                filters=tuple(d.get("filters") or ()), update_limit=int(d.get("updateLimit", 0)))
 
 
+def _validation(d: dict[str, Any]) -> m.InVMValidator:
+    step = _step(d)
+    # The schema allows only these step types here, and to_model sees validated templates only.
+    assert isinstance(step, m.ShellStep | m.PowerShellStep | m.FileStep), step
+    return step
+
+
 def _target(d: dict[str, Any]) -> m.DistributeTarget:
     kind, run_output, tags = d["type"], d["runOutputName"], _tags(d.get("artifactTags"))
     if kind == "ManagedImage":
@@ -107,7 +114,7 @@ def to_model(data: dict[str, Any], *, name: str, api_version: str, file: str = "
         validate=m.Validate(
             continue_distribute_on_failure=bool(validate.get("continueDistributeOnFailure", False)),
             source_validation_only=bool(validate.get("sourceValidationOnly", False)),
-            in_vm_validations=tuple(_step(s) for s in validate.get("inVMValidations") or ()),  # type: ignore[misc]
+            in_vm_validations=tuple(_validation(s) for s in validate.get("inVMValidations") or ()),
         ),
         optimize=m.Optimize(
             vm_boot=_state(optimize.get("vmBoot")),

@@ -60,9 +60,9 @@ def split(data: Any, *, name_hint: str, parameters: dict[str, str], deployment: 
                                          name if isinstance(name, str) and name else name_hint,
                                          api if isinstance(api, str) else None))
     else:
-        kind = data.get("type")
-        if kind is not None and (not isinstance(kind, str) or kind.lower() not in IMAGE_TEMPLATE_TYPES):
-            out.findings.append(Finding(("type",), f"{json.dumps(kind)} is not an image template",
+        declared = data.get("type")
+        if declared is not None and (not isinstance(declared, str) or declared.lower() not in IMAGE_TEMPLATE_TYPES):
+            out.findings.append(Finding(("type",), f"{json.dumps(declared)} is not an image template",
                                         "an image template has type Microsoft.VirtualMachineImages/imageTemplates"))
             return out
         if "properties" not in data and "location" not in data:

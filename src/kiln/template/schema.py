@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 
@@ -39,7 +40,7 @@ class Finding:
 def schema() -> dict[str, Any]:
     """The published JSON Schema of an image template."""
     text = resources.files("kiln.template").joinpath(SCHEMA_FILE).read_text()
-    return json.loads(text)
+    return cast(dict[str, Any], json.loads(text))
 
 
 @cache
@@ -83,8 +84,12 @@ def _description(subschema: Any) -> str:
 def _findings(error: jsonschema.ValidationError) -> list[Finding]:
     path: JsonPath = tuple(error.absolute_path)
     kind, value, sub = error.validator, error.instance, error.schema
+    # The stubs allow "unset" for errors built by hand; iter_errors always sets both. A bool
+    # subschema (`true`/`false`) has no properties.
+    rule: Any = error.validator_value
+    props: Mapping[str, Any] = sub.get("properties", {}) if isinstance(sub, Mapping) else {}
     if kind == "additionalProperties" and isinstance(value, dict):
-        known = list(sub.get("properties", {}))
+        known = list(props)
         extra = [k for k in value if k not in known]
         return [
             Finding(
@@ -96,30 +101,29 @@ def _findings(error: jsonschema.ValidationError) -> list[Finding]:
             for k in extra
         ]
     if kind == "required" and isinstance(value, dict):
-        props = sub.get("properties", {})
         return [
             Finding((*path, name), f"required property {name!r} is missing",
                     _description(props.get(name)) or f"add {name!r}")
-            for name in error.validator_value
+            for name in rule
             if name not in value
         ]
     if kind == "type":
-        want = error.validator_value
+        want = rule
         want_text = " or ".join(want) if isinstance(want, list) else str(want)
         return [Finding(path, f"expected {want_text}, got {_json_type(value)} {_show(value)}",
                         _description(sub) or f"write a JSON {want_text} here")]
     if kind in ("enum", "const"):
-        allowed = error.validator_value if kind == "enum" else [error.validator_value]
+        allowed = rule if kind == "enum" else [rule]
         choices = [a for a in allowed if isinstance(a, str)]
         hint = _close(value, choices) or f"one of: {', '.join(map(str, allowed))}"
         return [Finding(path, f"{_show(value)} is not allowed here", hint)]
     if kind == "pattern":
-        return [Finding(path, f"{_show(value)} does not match {error.validator_value}",
-                        _description(sub) or f"match the pattern {error.validator_value}")]
+        return [Finding(path, f"{_show(value)} does not match {rule}",
+                        _description(sub) or f"match the pattern {rule}")]
     if kind in ("minimum", "maximum"):
         word = "less than the minimum" if kind == "minimum" else "more than the maximum"
-        bound = f"use a value of at {'least' if kind == 'minimum' else 'most'} {error.validator_value}"
-        return [Finding(path, f"{_show(value)} is {word} {error.validator_value}",
+        bound = f"use a value of at {'least' if kind == 'minimum' else 'most'} {rule}"
+        return [Finding(path, f"{_show(value)} is {word} {rule}",
                         f"{_description(sub)}; {bound}" if _description(sub) else bound)]
     if kind == "minLength":
         return [Finding(path, "must not be empty", _description(sub))]
