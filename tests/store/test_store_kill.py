@@ -109,19 +109,18 @@ def test_kill_during_gc_then_rerun(tmp_path: Path, load: None) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(far)], check=True)
     try:
         (home / "config.toml").write_text(f'[regions.eastus]\n[regions.far1]\npath = "{far}/far1"\n')
-        rng = random.Random(20261201)
         kept_disk = make_disk(tmp_path / "kept.raw", 16, 2, seed=7)
         with Store.open(load_config(home)) as store:
             kept = store.images.import_disk(kept_disk, f"{SUB}/Microsoft.Compute/images/kept", "far1")
-        # How long a gc with nothing to do takes here (mostly starting Python): kills land around there.
-        t0 = time.monotonic()
-        assert kiln_cmd(home, "gc").returncode == 0
-        startup = time.monotonic() - t0
-        kills = rnd = 0
-        factor = 1.0
-        while kills < 4 and rnd < 16:
-            rnd += 1
-            disks = [make_disk(tmp_path / f"g{rnd}-{i}.raw", 16, 2, seed=1000 * rnd + i) for i in range(6)]
+
+        def files() -> int:
+            return len(list(home.rglob("*.vhd"))) + len(list(far.rglob("*.vhd")))
+
+        # Each gc is killed the instant its first file disappears: the moment a gc that deleted
+        # bytes before committing their rows' deletion would leave rows without bytes.
+        early = 0
+        for rnd in range(6):
+            disks = [make_disk(tmp_path / f"g{rnd}-{i}.raw", 16, 2, seed=1000 * rnd + i) for i in range(8)]
             with Store.open(load_config(home)) as store:
                 for i, disk in enumerate(disks):
                     image = store.images.import_disk(disk, f"{SUB}/Microsoft.Compute/images/g{rnd}-{i}",
@@ -130,17 +129,16 @@ def test_kill_during_gc_then_rerun(tmp_path: Path, load: None) -> None:
                     store.images.delete(image.id)
             for disk in disks:
                 disk.unlink()
+            before = files()
             proc = start(home, ["gc"])
-            time.sleep(startup * factor * rng.uniform(0.7, 1.2))
+            while proc.poll() is None and files() == before:
+                pass
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            if proc.returncode == -signal.SIGKILL:
-                kills += 1
-            else:
-                factor *= 0.8  # it finished first: aim earlier
+            early += proc.returncode == -signal.SIGKILL and files() > 2
             with Store.open(load_config(home)) as store:
                 assert store.check() == [], rnd
-        assert kills >= 4, f"only {kills} of {rnd} gc runs were killed mid-way"
+        assert early >= 3, f"only {early} of 6 gc runs were killed while deleting"
         assert kiln_cmd(home, "gc").returncode == 0
         with Store.open(load_config(home)) as store:
             assert store.check() == []
