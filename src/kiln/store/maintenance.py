@@ -1,15 +1,20 @@
 """Keeping the store honest: garbage collection and the integrity check.
 
 `gc` removes what nothing needs: blobs no catalog row references and no live process leases,
-replicas of such blobs in folder and Azure regions, expired leases (their process is gone), and
-temporary `.unverified` files left by killed processes (their name carries the owner's pid). It
-works under the catalog's write lock, so no process can start referencing a blob while gc decides
-to delete it (a publisher leases a blob before it makes it visible).
+replicas of such blobs in folder and Azure regions, expired leases (their process is gone),
+temporary `.unverified` files left by killed processes (their name carries the owner's pid), and
+the work directories of killed runs (their lock is free, see kiln.store.worklock) unless they
+hold a `.kiln-keep` file. It works under the catalog's write lock, so no process can start
+referencing a blob while gc decides to delete it (a publisher leases a blob before it makes it
+visible). The order is always: commit the rows' deletion, then delete the bytes. A gc killed in
+between leaves files no row references, which the next gc finds on disk and takes; the other
+order would leave a row whose bytes are gone.
 
 `check` is what "the catalog is consistent" means, and what the kill tests assert after every kill:
 every referenced blob has a row and a complete file whose bytes match its digest; every image and
 gallery version has its replicas; no blob file is visible under a final name without being
-complete (verified by re-hashing); runs refer to templates that exist.
+complete (verified by re-hashing); runs refer to templates that exist. It also reports killed
+runs' leftover work directories (gc removes them).
 """
 
 from __future__ import annotations
