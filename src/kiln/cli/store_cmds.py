@@ -402,7 +402,7 @@ def register_misc(cli: click.Group) -> None:
                 print_json(report.to_json())
             else:
                 click.echo(f"removed {len(report.blobs)} blob(s), {len(report.replicas)} replica(s), "
-                           f"{len(report.temp_files)} temporary file(s), {len(report.work_dirs)} dead run's work dir(s); "
+                           f"{len(report.temp_files)} temporary file(s), {len(report.work_dirs)} work dir(s) of killed runs; "
                            f"freed {_size(report.bytes_freed)}")
 
     @cli.group("store")
