@@ -1,13 +1,24 @@
-"""Shared test fixtures: every test gets its own state home; nothing touches the user's."""
+"""Shared test fixtures: every test gets its own state home; nothing touches the user's.
+
+Fixtures more than one test folder uses live here, once: the Debian 12 root (tests/debian_root.py:
+the sources, sandbox and customizers tests) and the small real disks of tests/store_helpers.py
+(the store, distribute and factory tests).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-CONFORMANCE = REPO.parent / "shared" / "conformance"
+from corpus import REPO, conformance
+from store_helpers import azurite, disk_dir, load, other_disk, raw_disk  # noqa: F401 - fixtures
+
+__all__ = ["REPO", "conformance"]
+
+if TYPE_CHECKING:
+    from debian_root import CachedRoot
 
 
 @pytest.fixture
@@ -16,3 +27,25 @@ def kiln_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("KILN_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def corpus() -> Path:
+    """The conformance corpus folder (see tests/corpus.py: skipped, or failed under CI, without it)."""
+    return conformance()
+
+
+@pytest.fixture(scope="session")
+def debian12(tmp_path_factory: pytest.TempPathFactory) -> CachedRoot:
+    """The Debian 12 platform root, bootstrapped (or taken from the test cache) once per session."""
+    from debian_root import bootstrap_debian12
+
+    return bootstrap_debian12(tmp_path_factory.mktemp("debian12"))
+
+
+@pytest.fixture
+def fresh_root(debian12: CachedRoot, tmp_path: Path) -> Path:
+    """A private, writable copy of the Debian 12 root."""
+    from debian_root import fresh_copy
+
+    return fresh_copy(debian12, tmp_path / "root")

@@ -20,6 +20,9 @@ the blobs, so publishing a finished disk is a rename, not a copy).
 
     [regions.westus2]                              # default: a few folder regions under regions/
     path = "/data/regions/westus2"
+
+The first region listed is the default location: where a command that takes `--location` (image
+import, gallery create, lab create, the factory lab) puts what it creates when given none.
 """
 
 from __future__ import annotations
@@ -79,6 +82,14 @@ class Config:
     @property
     def work_dir(self) -> Path:
         return self.home / "work"
+
+    @property
+    def default_location(self) -> str:
+        """The first configured region (see the module docstring)."""
+        if not self.regions:
+            raise InvalidInput("no region is configured", file=str(self.home / "config.toml"),
+                               hint="add a [regions.NAME] table, or remove [regions] to get the default regions")
+        return self.regions[0].name
 
     def region(self, name: str) -> RegionConfig:
         for r in self.regions:

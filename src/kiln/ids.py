@@ -27,6 +27,10 @@ IMAGE_TEMPLATE = "Microsoft.VirtualMachineImages/imageTemplates"
 RUN_OUTPUT = "Microsoft.VirtualMachineImages/imageTemplates/runOutputs"
 USER_ASSIGNED_IDENTITY = "Microsoft.ManagedIdentity/userAssignedIdentities"
 
+# The subscription of resources whose owner gave none (the factory lab, a template with no target id):
+# Azure's all-zero GUID, which no real subscription has.
+NULL_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+
 _EXAMPLES = {
     IMAGE: "/subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Compute/images/NAME",
     GALLERY: "/subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Compute/galleries/GALLERY",

@@ -14,6 +14,8 @@ from importlib import resources
 
 from kiln.errors import KilnError
 
+WHERE = ("host", "guest", "test")
+
 
 @dataclass(frozen=True)
 class Tool:
@@ -21,6 +23,13 @@ class Tool:
     package: str
     purpose: str
     required: bool = True
+    # host: kiln runs it on the build host (setup installs it, doctor checks it); guest: it runs
+    # inside an image root or a booted guest, so the image brings it; test: only kiln's tests run it.
+    where: str = "host"
+
+    def __post_init__(self) -> None:
+        if self.where not in WHERE:
+            raise ValueError(f"tools.toml: {self.program}: where = {self.where!r}, not one of {WHERE}")
 
 
 @cache
@@ -29,10 +38,18 @@ def table() -> tuple[Tool, ...]:
     return tuple(Tool(**entry) for entry in data.get("tool", []))
 
 
+def host_tools() -> tuple[Tool, ...]:
+    """The programs kiln itself runs on the build host (what `kiln doctor` checks)."""
+    return tuple(t for t in table() if t.where == "host")
+
+
 def package_for(program: str) -> str | None:
-    """The Debian package that provides `program` (a name or a path), or None if it is not in the table."""
+    """The Debian package that provides `program` (a name or a path), or None if it is not in the table.
+
+    A host entry wins over a guest or test one: a missing program at run time is a host's problem."""
     name = program.rsplit("/", 1)[-1]
-    return next((t.package for t in table() if t.program == name), None)
+    entries = sorted((t for t in table() if t.program == name), key=lambda t: WHERE.index(t.where))
+    return entries[0].package if entries else None
 
 
 class ToolMissing(KilnError):

@@ -1,4 +1,4 @@
-"""Fixtures for the customizer tests: the shared Debian 12 root and a local HTTP server.
+"""Fixtures for the customizer tests: a local HTTP server (the Debian 12 root is tests/conftest.py's).
 
 The HTTP server (http.server on 127.0.0.1, a free port, in a thread) stands in for the web
 servers templates name in scriptUri/sourceUri; it serves a per-test folder.
@@ -14,18 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from debian_root import CachedRoot, bootstrap_debian12, fresh_copy
-
-
-@pytest.fixture(scope="session")
-def debian12(tmp_path_factory: pytest.TempPathFactory) -> CachedRoot:
-    return bootstrap_debian12(tmp_path_factory.mktemp("debian12"))
-
-
-@pytest.fixture
-def fresh_root(debian12: CachedRoot, tmp_path: Path) -> Path:
-    return fresh_copy(debian12, tmp_path / "root")
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: envcheck, used by store_helpers
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "store"))
-
-from store_helpers import make_disk  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: store_helpers and envcheck
 
 from kiln import ids  # noqa: E402
 from kiln.config import load_config  # noqa: E402
 from kiln.distribute import BuiltArtifact, distribute  # noqa: E402
 from kiln.store import Store  # noqa: E402
 from kiln.template.model import ManagedImageTarget, SharedImageTarget, TargetRegion  # noqa: E402
+from store_helpers import make_disk  # noqa: E402
 
 SUB = "/subscriptions/0000/resourceGroups/rg/providers"
 DEF = f"{SUB}/Microsoft.Compute/galleries/gal/images/web"

@@ -19,10 +19,11 @@ import pytest
 
 from kiln.config import load_config
 from kiln.events import Event, Monitor, NullMonitor
-from kiln.factory import DEFAULT_FACTORY_LAB, ensure_lab, save_images
-from kiln.factory.build import IMAGE_PATH_TAG, STAGING_TAG
+from kiln.factory import DEFAULT_FACTORY_LAB, ensure_lab, save_images, unsaved_golden_images
+from kiln.factory.build import staging_tags
 from kiln.ids import ResourceId
 from kiln.store import Store
+from store_helpers import make_disk
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -31,9 +32,6 @@ CONFIG = DATA / "Configuration"
 TEST_CACHE = Path(os.environ.get("KILN_TEST_CACHE", "/var/tmp/kiln-test-cache"))
 SUB = "11111111-0000-0000-0000-000000000001"
 PATHS = ("Debian/base.json", "Debian/tools.json", "Web/site.json")
-
-sys.path.insert(0, str(REPO / "tests" / "store"))
-from store_helpers import make_disk  # noqa: E402
 
 
 def lab_id(name: str, rg: str = "labs-rg") -> str:
@@ -107,14 +105,14 @@ def seed_staging(home: Path, disk: Path, image_path: str, *, boot_tested: bool =
         rid = ResourceId(lab.id.subscription, lab.id.resource_group, "Microsoft.Compute", ("images",),
                          (name or f"{image_path.replace('/', '_').replace('.', '_')}-{disk.stem}",))
         store.images.import_disk(disk, rid, lab.location, "Linux", boot_tested=boot_tested,
-                                 tags={IMAGE_PATH_TAG: image_path, STAGING_TAG: "golden", "description": image_path,
-                                       "osState": "Generalized"})
+                                 tags=staging_tags(image_path, "Generalized", image_path))
         return str(rid)
 
 
 def save_all(home: Path) -> None:
     with Store.open(load_config(home)) as store:
-        save_images(store, ensure_lab(store, DEFAULT_FACTORY_LAB, "eastus"), NullMonitor())
+        lab = ensure_lab(store, DEFAULT_FACTORY_LAB, "eastus")
+        save_images(store, lab, unsaved_golden_images(store, lab), NullMonitor())
 
 
 def lab_state(home: Path) -> set[tuple[str, str, str, str, bool]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kiln.config import load_config
+from kiln.distribute.labs import prepare_lab_image, publish_lab_image
 from kiln.errors import InvalidInput, KilnError, NotFound
 from kiln.store import Store
 from kiln.store.db import Catalog, GroupCommit
@@ -86,11 +87,11 @@ def two_blobs(kiln_home: Path, disks: list[Path]):
 def test_commit_images_fails_rows_alone(kiln_home: Path, two_blobs) -> None:
     store, blob, other = two_blobs
     lab_a, lab_b = store.labs.create_many([lab_id("LabA"), lab_id("LabB")], "eastus")
-    one = store.labs.prepare_image(lab_a, "one", blob, image_path="Debian/base.json")
-    two = store.labs.prepare_image(lab_b, "two", blob)
-    three = store.labs.prepare_image(lab_a, "three", blob)
+    one = prepare_lab_image(store, lab_a, "one", blob, image_path="Debian/base.json")
+    two = prepare_lab_image(store, lab_b, "two", blob)
+    three = prepare_lab_image(store, lab_a, "three", blob)
     # Meanwhile (another process): "three" is published with other bytes, and LabB is deleted.
-    store.labs.publish_image(lab_a.id, "three", other)
+    publish_lab_image(store, lab_a.id, "three", other)
     store.labs.delete(lab_b.id)
     before = {i.name: i.digest for i in store.labs.images(lab_a.id)}
     assert before == {"three": other.digest}
@@ -110,7 +111,7 @@ def test_commit_images_fails_rows_alone(kiln_home: Path, two_blobs) -> None:
 def test_a_prepared_image_is_not_listed_until_committed(kiln_home: Path, two_blobs) -> None:
     store, blob, _ = two_blobs
     lab = store.labs.create(lab_id("LabW"), "westeurope")
-    pending = store.labs.prepare_image(lab, "w", blob)
+    pending = prepare_lab_image(store, lab, "w", blob)
     # The bytes are in the lab's region already (a verified copy: another region), the row is not.
     store.blobs.verify_file(store.regions.replica_path(store.regions.get("westeurope"), blob.digest), blob.digest,
                             blob.virtual_size)

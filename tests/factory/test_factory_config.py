@@ -13,11 +13,10 @@ from kiln.template.model import FileStep, PlatformImageSource, ShellStep
 
 from .conftest import CONFIG, kiln, lab_entry
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "dtl"
 
-
-def test_the_dtl_samples_validate_and_convert(kiln_home: Path) -> None:
-    proc = kiln(kiln_home, "factory", "validate", str(SAMPLES / "Configuration"), "--json")
+def test_the_dtl_samples_validate_and_convert(kiln_home: Path, corpus: Path) -> None:
+    samples = corpus / "dtl"
+    proc = kiln(kiln_home, "factory", "validate", str(samples / "Configuration"), "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert {g["imagePath"] for g in data["goldenImages"]} == {
@@ -26,8 +25,9 @@ def test_the_dtl_samples_validate_and_convert(kiln_home: Path) -> None:
     assert data["goldenImages"][1]["description"] == "Windows Server 2016 Datacenter"
 
 
-def test_building_the_windows_samples_fails_fast_and_changes_nothing(kiln_home: Path) -> None:
-    proc = kiln(kiln_home, "factory", "build", str(SAMPLES / "Configuration"), timeout=60)
+def test_building_the_windows_samples_fails_fast_and_changes_nothing(kiln_home: Path, corpus: Path) -> None:
+    samples = corpus / "dtl"
+    proc = kiln(kiln_home, "factory", "build", str(samples / "Configuration"), timeout=60)
     assert proc.returncode == 2
     assert "Windows images cannot be built here" in proc.stderr
     assert "Datacenter.json" in proc.stderr and "Traceback" not in proc.stderr
@@ -61,7 +61,14 @@ def _broken(tmp_path: Path) -> Path:
     props["artifacts"].append({"artifactId": "/artifactsources/repo/artifacts/windows-sysprep"})
     props["artifacts"].append({"artifactId": "/artifactsources/repo/artifacts/no-such-artifact"})
     (cfg / "GoldenImages" / "Debian" / "tools.json").write_text(json.dumps(tools))
-    shutil.copytree(SAMPLES / "artifacts" / "windows-sysprep", cfg / "Artifacts" / "windows-sysprep")
+    # A Windows artifact (kiln's own, shaped like the DevTest Labs sample's sysprep one).
+    sysprep = cfg / "Artifacts" / "windows-sysprep"
+    sysprep.mkdir(parents=True)
+    (sysprep / "Artifactfile.json").write_text(json.dumps({
+        "$schema": "https://raw.githubusercontent.com/Azure/azure-devtestlab/master/schemas/2016-11-28/dtlArtifacts.json",
+        "title": "Sysprep", "publisher": "kiln tests", "targetOsType": "Windows", "parameters": {},
+        "runCommand": {"commandToExecute": "powershell.exe -ExecutionPolicy bypass \"& ./OldSysprep.ps1\""},
+    }, indent=2))
     (cfg / "Labs.json").write_text(json.dumps({"Labs": [
         lab_entry("LabA", "Debian"),
         lab_entry("laba", "Web"),

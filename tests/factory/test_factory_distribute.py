@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from store_helpers import load  # noqa: F401  (the CPU and I/O hogs of the kill tests)
 
 from kiln.config import load_config
 from kiln.factory import DEFAULT_FACTORY_LAB, distribute_images, ensure_lab, load_factory, target_labs
+from kiln.pipeline.context import KEEP_MARKER
 from kiln.store import Store
 
 from .conftest import (
@@ -255,17 +255,20 @@ def test_cleanup_removes_dead_work_but_keeps_marked(factory_home: Path, disks: l
     with Store.open(config) as store:
         tid = parse("/subscriptions/s/resourceGroups/rg/providers/Microsoft.VirtualMachineImages/imageTemplates/t")
         store.runs.register_template(tid, {})
-        dead = store.runs.create(tid, run_id="deadrun00001")
-        kept = store.runs.create(tid, run_id="keptrun00001", log_path=str(factory_home / "kept.log"))
+        dead = store.runs.create(tid, run_id="deadrun00001", log_path=str(factory_home / "dead.log"))
+        kept = store.runs.create(tid, run_id="keptrun00001")
         live = store.runs.create(tid, run_id="liverun00001")
         for r in (dead, kept):
             store.catalog.conn.execute("UPDATE runs SET pid = 1, pid_start = 'gone' WHERE run_id = ?", (r,))
-    (factory_home / "kept.log").write_text(f"x work directory kept: {config.work_dir / kept}\n")
+    # The dead run's log says its work was kept, but only the marker in the work dir counts (the
+    # pipeline writes one when it keeps a run's work; the log is for people).
+    (factory_home / "dead.log").write_text(f"x work directory kept: {config.work_dir / dead}\n")
     for r in (dead, kept, live, "orphan-dir"):
         (config.work_dir / r).mkdir(parents=True)
         (config.work_dir / r / "disk.raw").write_bytes(b"x" * 4096)
+    (config.work_dir / kept / KEEP_MARKER).write_text(f"run {kept}: kept for inspection\n")
     (config.work_dir / "marked").mkdir()
-    (config.work_dir / "marked" / ".kiln-keep").touch()
+    (config.work_dir / "marked" / KEEP_MARKER).touch()
     dry = kiln(factory_home, "factory", "cleanup", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout)["workDirs"] == [str(config.work_dir / dead)]  # a build is live: orphans wait

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from corpus import conformance
+
 HERE = Path(__file__).resolve().parent
-CONFORMANCE = HERE.parents[2] / "shared" / "conformance"
 WEB_ROOT = HERE / "samples-web"
 SAMPLES_URL_PREFIX = "https://raw.githubusercontent.com/danielsollondon/azvmimagebuilder/master/"
 SUB = "00000000-0000-0000-0000-00000000c0de"
@@ -103,7 +104,7 @@ def sha256_of(path: Path) -> str:
 def load_sample(name: str, **values: str) -> dict:
     """A conformance sample with its <placeholders> filled and its checksums recomputed for the
     stand-in files the local web server serves."""
-    text = (CONFORMANCE / "aib" / "templates_nonstandard_type" / name).read_text()
+    text = (conformance() / "aib" / "templates_nonstandard_type" / name).read_text()
     for key, value in values.items():
         text = text.replace(f"<{key}>", value)
     left = set(re.findall(r"<[A-Za-z0-9]+>", text))

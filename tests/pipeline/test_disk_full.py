@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from store_helpers import make_disk
+
 from .conftest import RG, SUB
 
 pytestmark = pytest.mark.integration
@@ -26,8 +28,6 @@ TEST_CACHE = Path(os.environ.get("KILN_TEST_CACHE", "/var/tmp/kiln-test-cache"))
 SHARED_CACHE = TEST_CACHE / "kiln-home" / "cache"  # the root cache the factory tests share
 IMAGE_ID = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/images/full-disk"
 
-sys.path.insert(0, str(REPO / "tests" / "store"))
-from store_helpers import make_disk  # noqa: E402
 
 
 @contextmanager

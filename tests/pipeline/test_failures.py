@@ -138,9 +138,9 @@ def test_ctrl_c_cancels(kiln: Kiln, tmp_path: Path) -> None:
 
 def test_windows_template_fails_fast(kiln: Kiln, tmp_path: Path) -> None:
     """Windows images cannot be built here: a clear error before any work, never a hang."""
-    from .conftest import CONFORMANCE
+    from corpus import conformance
 
-    sample = CONFORMANCE / "aib" / "templates" / "quickquickstarts__0_Creating_a_Custom_Windows_Managed_Image__helloImageTemplateWin.json"
+    sample = conformance() / "aib" / "templates" / "quickquickstarts__0_Creating_a_Custom_Windows_Managed_Image__helloImageTemplateWin.json"
     identity = f"/subscriptions/{SUB}/resourcegroups/{RG}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id"
     values = {"region": "westus2", "subscriptionID": SUB, "rgName": RG, "imageName": "winImage",
               "runOutputName": "winOutput", "imgBuilderId": identity}

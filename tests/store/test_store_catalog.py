@@ -13,6 +13,7 @@ import pytest
 
 from kiln.config import load_config
 from kiln.disk import vhd
+from kiln.distribute.galleries import publish_gallery_version
 from kiln.errors import InvalidInput, NotFound
 from kiln.store import RegionTarget, Store, VersionRule
 from kiln.store.common import new_holder
@@ -137,15 +138,15 @@ def test_gallery_versions_latest_and_resolve(store: Store, raw_disk: Path, other
     a = store.blobs.ingest(raw_disk, holder=holder)
     b = store.blobs.ingest(other_disk, holder=holder)
     regions = [RegionTarget("eastus"), RegionTarget("westeurope", 2)]
-    v1 = store.galleries.publish_version(DEF, a, target_regions=regions)
-    v2 = store.galleries.publish_version(DEF, b, target_regions=regions)
-    v3 = store.galleries.publish_version(DEF, a, rule=VersionRule("Latest", major=2))
-    vx = store.galleries.publish_version(DEF, b, rule=VersionRule("Explicit", "2.5.0"), exclude_from_latest=True)
+    v1 = publish_gallery_version(store, DEF, a, target_regions=regions)
+    v2 = publish_gallery_version(store, DEF, b, target_regions=regions)
+    v3 = publish_gallery_version(store, DEF, a, rule=VersionRule("Latest", major=2))
+    vx = publish_gallery_version(store, DEF, b, rule=VersionRule("Explicit", "2.5.0"), exclude_from_latest=True)
     assert [v.version for v in (v1, v2, v3, vx)] == ["1.0.0", "1.0.1", "2.0.0", "2.5.0"]
-    assert store.galleries.publish_version(DEF, b, rule=VersionRule("Explicit", "2.5.0")).id == vx.id  # idempotent
+    assert publish_gallery_version(store, DEF, b, rule=VersionRule("Explicit", "2.5.0")).id == vx.id  # idempotent
     with pytest.raises(InvalidInput, match="already exists"):
-        store.galleries.publish_version(DEF, a, rule=VersionRule("Explicit", "2.5.0"))
-    assert store.galleries.publish_version(DEF, a, rule=VersionRule("Latest")).version == "2.5.1"
+        publish_gallery_version(store, DEF, a, rule=VersionRule("Explicit", "2.5.0"))
+    assert publish_gallery_version(store, DEF, a, rule=VersionRule("Latest")).version == "2.5.1"
     # latest skips excludeFromLatest; a definition id and .../versions/latest both resolve to it.
     assert store.galleries.resolve_version(f"{DEF}/versions/latest").version == "2.5.1"
     assert store.galleries.resolve_version(DEF.upper()).version == "2.5.1"

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from store_helpers import kiln_cmd, make_disk, snapshot
 
 SUB = "/subscriptions/0000/resourceGroups/rg/providers"

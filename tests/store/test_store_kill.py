@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
-from store_helpers import KILN, REPO, kiln_cmd, make_disk
 
 from kiln.config import load_config
 from kiln.store import Store
+from store_helpers import KILN, REPO, kiln_cmd, make_disk
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from store_helpers import REPO, kiln_cmd
 
 from kiln.config import load_config
+from store_helpers import REPO, kiln_cmd
 
 TEST_CACHE = Path(os.environ.get("KILN_TEST_CACHE", "/var/tmp/kiln-test-cache"))
 

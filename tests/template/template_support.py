@@ -1,26 +1,19 @@
 """Shared data for the template tests: conformance files with their placeholders filled in.
 
-Test modules import this by name (pytest puts tests/template on sys.path); the paths come from the
-root tests/conftest.py, loaded by file because two modules named `conftest` cannot import each other.
+Test modules import this by name (pytest puts tests/template on sys.path). The corpus is found when
+a test runs (`aib()`, `spec_examples()`: skipped without it, see tests/corpus.py), never at import.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 from typing import Any
 
-_spec = importlib.util.spec_from_file_location("kiln_tests_root", Path(__file__).resolve().parents[1] / "conftest.py")
-assert _spec is not None and _spec.loader is not None
-_root = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_root)
-CONFORMANCE: Path = _root.CONFORMANCE
-REPO: Path = _root.REPO
+import corpus
+from corpus import REPO
 
-AIB = CONFORMANCE / "aib"
-SPEC_EXAMPLES = AIB / "spec" / "2025-10-01" / "examples"
 EXAMPLES = REPO / "examples"
 SUB = "11111111-2222-3333-4444-555555555555"
 IDENTITY = f"/subscriptions/{SUB}/resourcegroups/aibRG/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aibIdentity"
@@ -61,8 +54,20 @@ DEPLOYMENT_PARAMETERS = {
 }
 
 
+def aib() -> Path:
+    """The corpus's Image Builder folder (the test is skipped, or fails under CI, without the corpus)."""
+    return corpus.conformance() / "aib"
+
+
+def spec_examples() -> Path:
+    return aib() / "spec" / "2025-10-01" / "examples"
+
+
 def conformance_templates() -> list[Path]:
-    return sorted([*(AIB / "templates").glob("*.json"), *(AIB / "templates_nonstandard_type").glob("*.json")])
+    """For parametrizing at collection: the corpus's templates, or no file when it is missing (a
+    directory listing only; the tests call `aib()` and so skip, or fail under CI, without it)."""
+    where = corpus.conformance_dir() / "aib"
+    return sorted([*(where / "templates").glob("*.json"), *(where / "templates_nonstandard_type").glob("*.json")])
 
 
 def filled(path: Path) -> tuple[Any, dict[str, str]]:

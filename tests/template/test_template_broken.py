@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from template_support import AIB, GALLERY_IMAGE, IDENTITY, REPO, SUB, example, filled
+from template_support import GALLERY_IMAGE, IDENTITY, REPO, SUB, aib, example, filled
 
 from kiln.errors import ValidationFailed
 from kiln.template import load_template_data
@@ -82,7 +82,7 @@ def deployment(location: str = "[parameters('loc')]", **extra: Any) -> dict[str,
 
 
 def legacy_sig() -> dict[str, Any]:
-    data, _ = filled(AIB / "templates_nonstandard_type" /
+    data, _ = filled(aib() / "templates_nonstandard_type" /
                      "quickquickstarts__1_Creating_a_Custom_Linux_Shared_Image_Gallery_Image__helloImageTemplateforSIG.json")
     return data
 

@@ -7,10 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from template_support import AIB, EXAMPLES, REPO
+from template_support import EXAMPLES, REPO, aib
 
 KILN = str(REPO / ".venv" / "bin" / "kiln")
-DEVOPS = AIB / "templates" / "solutions__4_Using_ENV_Variables__devOpsEnvTemplate.json"
+DEVOPS_NAME = "solutions__4_Using_ENV_Variables__devOpsEnvTemplate.json"
 
 
 def kiln(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
@@ -62,6 +62,7 @@ def test_json_output_parses(tmp_path: Path, kiln_home: Path) -> None:
 
 
 def test_deployment_parameters(tmp_path: Path, kiln_home: Path) -> None:
+    DEVOPS = aib() / "templates" / DEVOPS_NAME
     missing = kiln("validate", str(DEVOPS), home=kiln_home)
     assert missing.returncode == 2
     assert ".parameters.svcLocation" in missing.stderr and "--parameters svcLocation=" in missing.stderr

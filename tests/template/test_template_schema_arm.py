@@ -7,7 +7,7 @@ from importlib import resources
 
 import jsonschema
 import pytest
-from template_support import SPEC_EXAMPLES
+from template_support import spec_examples
 
 from kiln.template import dump_template, load_template
 from kiln.template.arm import ArmError, Deployment, Scope, evaluate_string, evaluate_value
@@ -23,12 +23,12 @@ def test_published_schema_is_valid_draft_2020_12() -> None:
 
 
 def test_schema_accepts_what_kiln_dumps() -> None:
-    (t,) = load_template(SPEC_EXAMPLES / "CreateImageTemplateLinux.json")
+    (t,) = load_template(spec_examples() / "CreateImageTemplateLinux.json")
     jsonschema.Draft202012Validator(schema()).validate(dump_template(t))
 
 
 def test_schema_covers_every_union_member_of_the_spec() -> None:
-    spec = json.loads((SPEC_EXAMPLES.parent / "imagebuilder.json").read_text())
+    spec = json.loads((spec_examples().parent / "imagebuilder.json").read_text())
     members = {d["x-ms-discriminator-value"] for d in spec["definitions"].values() if "x-ms-discriminator-value" in d}
     ours = set()
     for union in ("Source", "Customizer", "InVMValidator", "Distributor", "Versioning"):

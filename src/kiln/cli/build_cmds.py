@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from kiln.cli import App, pass_app
-from kiln.cli.common import make_monitor, open_store, print_json
+from kiln.cli.common import make_monitor, open_store, print_json, print_table
 from kiln.cli.validate_cmds import parse_parameters
 
 
@@ -38,23 +38,18 @@ def build_cmd(app: App, template: Path, parameters: tuple[str, ...], no_validate
 
 
 def print_run(run, as_json: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     data = run.to_json()
     if as_json:
         print_json(data)
         return
-    console = Console()
     status = data["lastRunStatus"]
-    console.print(f"run [bold]{data['runId']}[/] of {data['templateId']}: [bold]{status['runState']}[/]"
-                  + (f" — {status['message']}" if status.get("message") else ""))
-    table = Table("runOutputName", "provisioningState", "artifactId", "artifactUri")
-    for o in data.get("runOutputs", []):
-        props = o["properties"]
-        table.add_row(o["name"], props["provisioningState"], props.get("artifactId") or "", props.get("artifactUri") or "")
-    console.print(table)
-    console.print(f"log: {data.get('logPath', '')}")
+    click.echo(f"run {data['runId']} of {data['templateId']}: {status['runState']}"
+               + (f" — {status['message']}" if status.get("message") else ""))
+    print_table(("runOutputName", "provisioningState", "artifactId", "artifactUri"),
+                [(o["name"], o["properties"]["provisioningState"], o["properties"].get("artifactId") or "",
+                  o["properties"].get("artifactUri") or "") for o in data.get("runOutputs", [])],
+                whole=("runOutputName", "artifactId", "artifactUri"))
+    click.echo(f"log: {data.get('logPath', '')}")
 
 
 @click.group("runs")
@@ -67,20 +62,19 @@ def runs_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def runs_list(app: App, template_id: str | None, as_json: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+    """List runs, oldest first (the run id is what `kiln runs show` takes)."""
     with open_store(app) as store:
         runs = store.runs.list(template_id)
     if as_json:
         print_json([r.to_json() for r in runs])
         return
-    table = Table("run", "template", "runState", "runSubState", "started", "seconds", "log")
+    rows = []
     for r in runs:
         seconds = f"{r.end_time - r.start_time:.1f}" if r.end_time else ""
         status = r.to_json()["lastRunStatus"]
-        table.add_row(r.run_id, r.template_id.name, r.run_state, r.run_sub_state, status["startTime"] or "", seconds, r.log_path)
-    Console().print(table)
+        rows.append((r.run_id, r.template_id.name, r.run_state, r.run_sub_state, status["startTime"] or "", seconds,
+                     r.log_path))
+    print_table(("run", "template", "runState", "runSubState", "started", "seconds", "log"), rows, whole=("run",))
 
 
 @runs_group.command("show")

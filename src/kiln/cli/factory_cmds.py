@@ -11,27 +11,36 @@
     kiln lab image list LAB | show ID | delete ID
 
 The factory lab (where golden images are saved) is `--factory-lab ID` or $KILN_FACTORY_LAB,
-created on first use in `--location` (default: the first configured region).
+created on first use in `--location` (default: the first configured region). The steps and
+their order are kiln.factory.run's; this module parses options and prints.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from kiln.cli import App, pass_app
-from kiln.cli.common import emit, json_option, make_monitor, open_store, print_json, store_opener
+from kiln.cli.common import (
+    emit,
+    json_option,
+    location_option,
+    make_monitor,
+    open_store,
+    print_json,
+    store_opener,
+)
 
-# The factory's tables are narrower than the store's: their widest column is a lab id.
-TABLE_WIDTH = 200
+if TYPE_CHECKING:
+    from kiln.factory.run import FactorySession
 
 
 def _factory_lab_opt(f):
     from kiln.factory import DEFAULT_FACTORY_LAB
 
-    f = click.option("--location", default=None, help="Region of the factory lab when it is created (default: the first region).")(f)
+    f = location_option("Region of the factory lab when it is created")(f)
     return click.option("--factory-lab", envvar="KILN_FACTORY_LAB", default=DEFAULT_FACTORY_LAB, show_default=True,
                         help="The factory lab's id (golden images are saved there).")(f)
 
@@ -41,112 +50,71 @@ def _artifact_opt(f):
                         help="A DevTest Labs artifact repository folder (default: CONFIG_DIR/Artifacts). Repeatable.")(f)
 
 
-def _location(app: App, location: str | None) -> str:
-    return location or (app.config.regions[0].name if app.config.regions else "westus2")
-
-
-def _load(app: App, config_dir: Path, artifact_repos: tuple[Path, ...], factory_lab: str, location: str | None):
+def _session(app: App, factory_lab: str, location: str | None) -> FactorySession:
     from kiln import ids
+    from kiln.factory.run import FactorySession
+
+    return FactorySession(app.config, store_opener(app), ids.parse(factory_lab, ids.LAB, what="factory lab id"),
+                          location or app.config.default_location, make_monitor(app))
+
+
+def _load(app: App, config_dir: Path, artifact_repos: tuple[Path, ...], session: FactorySession):
     from kiln.factory import load_factory
 
-    lab = ids.parse(factory_lab, ids.LAB, what="factory lab id")
     return load_factory(config_dir, app.config, artifact_repos=tuple(p.absolute() for p in artifact_repos),
-                        lab_name=lab.name, location=_location(app, location))
+                        lab_name=session.factory_lab.name, location=session.location)
 
 
-def _factory_lab(app: App, store: Any, factory_lab: str, location: str | None) -> Any:
-    from kiln import ids
+class Printer:
+    """The factory's steps, shown as text lines (or, for a single step with --json, as JSON)."""
 
-    return store.labs.ensure(ids.parse(factory_lab, ids.LAB, what="factory lab id"), _location(app, location))
+    def __init__(self, as_json: bool = False) -> None:
+        self.as_json = as_json
 
+    def built(self, report: Any) -> None:
+        for r in report.results:
+            click.echo(f"{'built ' if r.ok else 'FAILED'} {r.image_path}  {r.staging_image or r.error.splitlines()[0]}")
 
-# ---------------------------------------------------------------- factory steps (shared by run)
+    def saved(self, saved: list[Any]) -> None:
+        for s in saved:
+            click.echo(f"saved {s.custom_image}  ({s.image_path}{'' if s.boot_tested else ', NOT boot-tested'})")
 
-
-def _do_build(app: App, factory: Any, factory_lab: str, location: str | None, jobs: int, no_validate: bool,
-              boot_timeout: float) -> Any:
-    from kiln.factory import build_golden_images
-    from kiln.factory.build import raise_for_failures, refuse_windows
-    from kiln.pipeline.context import BuildOptions
-
-    refuse_windows(factory, factory.golden_images)  # before the factory lab is created: a refusal changes nothing
-    with open_store(app) as store:
-        lab = _factory_lab(app, store, factory_lab, location)
-    report = build_golden_images(factory, config=app.config, open_store=store_opener(app), lab=lab,
-                                 monitor=make_monitor(app), max_jobs=jobs,
-                                 options=BuildOptions(validate=not no_validate, boot_timeout_s=boot_timeout))
-    for r in report.results:
-        click.echo(f"{'built ' if r.ok else 'FAILED'} {r.image_path}  {r.staging_image or r.error.splitlines()[0]}")
-    raise_for_failures(report)
-
-
-def _do_save(app: App, factory_lab: str, location: str | None) -> None:
-    from kiln.factory import save_images
-
-    with open_store(app) as store:
-        saved = save_images(store, _factory_lab(app, store, factory_lab, location), make_monitor(app))
-    for s in saved:
-        click.echo(f"saved {s.custom_image}  ({s.image_path}{'' if s.boot_tested else ', NOT boot-tested'})")
-
-
-def _do_distribute(app: App, factory: Any, factory_lab: str, location: str | None, jobs: int, create_in: str | None,
-                   include_unverified: bool, as_json: bool = False) -> None:
-    from kiln.errors import BuildFailed
-    from kiln.factory import distribute_images, target_labs
-
-    with open_store(app) as store:
-        lab = _factory_lab(app, store, factory_lab, location)
-        labs = target_labs(store, factory, lab, create_in=create_in)
-        report = distribute_images(store_opener(app), store, factory, lab, labs, monitor=make_monitor(app),
-                                   max_jobs=jobs, include_unverified=include_unverified)
-    if as_json:
-        print_json(report.to_json())
-    else:
+    def distributed(self, report: Any) -> None:
+        if self.as_json:
+            print_json(report.to_json())
+            return
         click.echo(f"{len(report.done)} done, {len(report.skipped)} skipped, {len(report.failed)} failed "
                    f"(labs × images: {report.total}; at most {report.max_in_flight} job(s) at once)")
         for label, error in report.failed:
             click.echo(f"FAILED {label}: {error}")
-    if report.failed:
-        raise BuildFailed(f"{len(report.failed)} of {report.total} lab image(s) could not be published",
-                          hint="rerun kiln factory distribute: what is there already is skipped")
 
-
-def _do_retire(app: App, factory: Any, factory_lab: str, location: str | None, keep: int, dry_run: bool,
-               as_json: bool = False) -> None:
-    from kiln.factory.retire import plan_retirement, retire
-
-    with open_store(app) as store:
-        lab = _factory_lab(app, store, factory_lab, location)
-        plan = plan_retirement(store, factory, lab, keep)
-        if as_json:
+    def retiring(self, plan: list[Any], dry_run: bool) -> None:
+        if self.as_json:
             print_json({"dryRun": dry_run, "retire": [r.to_json() for r in plan]})
-        else:
-            for r in plan:
-                click.echo(f"{'would retire' if dry_run else 'retire'} {r.image.id}  ({r.reason})")
-            if not plan:
-                click.echo("nothing to retire")
-        if not dry_run:
-            retire(store, plan, make_monitor(app))
+            return
+        for r in plan:
+            click.echo(f"{'would retire' if dry_run else 'retire'} {r.image.id}  ({r.reason})")
+        if not plan:
+            click.echo("nothing to retire")
+
+    def cleaned(self, report: Any, dry_run: bool) -> None:
+        if self.as_json:
+            print_json({"dryRun": dry_run, **report.to_json()})
+            return
+        verb = "would remove" if dry_run else "removed"
+        for w in report.work_dirs:
+            click.echo(f"{verb} work dir {w}")
+        for i in report.staging_images:
+            click.echo(f"{verb} failed build {i}")
+        for k in report.kept:
+            click.echo(f"kept {k} (marked to keep)")
+        click.echo(f"{report.bytes_freed / (1 << 20):.1f} MiB freed" if not dry_run else "dry run: nothing removed")
 
 
-def _do_cleanup(app: App, factory_lab: str, dry_run: bool, as_json: bool = False) -> None:
-    from kiln import ids
-    from kiln.factory import cleanup
+def _build_options(no_validate: bool, boot_timeout: float):
+    from kiln.pipeline.context import BuildOptions
 
-    with open_store(app) as store:
-        lab = store.labs.find(ids.parse(factory_lab, ids.LAB, what="factory lab id"))
-        report = cleanup(store, lab, make_monitor(app), dry_run=dry_run)
-    if as_json:
-        print_json({"dryRun": dry_run, **report.to_json()})
-        return
-    verb = "would remove" if dry_run else "removed"
-    for w in report.work_dirs:
-        click.echo(f"{verb} work dir {w}")
-    for i in report.staging_images:
-        click.echo(f"{verb} failed build {i}")
-    for k in report.kept:
-        click.echo(f"kept {k} (marked to keep)")
-    click.echo(f"{report.bytes_freed / (1 << 20):.1f} MiB freed" if not dry_run else "dry run: nothing removed")
+    return BuildOptions(validate=not no_validate, boot_timeout_s=boot_timeout)
 
 
 # ---------------------------------------------------------------- commands
@@ -172,7 +140,7 @@ def register_factory(cli: click.Group) -> None:
         from kiln.errors import ValidationFailed
 
         try:
-            f = _load(app, config_dir, artifact_repos, factory_lab, location)
+            f = _load(app, config_dir, artifact_repos, _session(app, factory_lab, location))
         except ValidationFailed as e:
             if as_json:
                 print_json({"valid": False, "problems": [p.to_json() for p in e.problems]})
@@ -197,16 +165,23 @@ def register_factory(cli: click.Group) -> None:
     @_factory_lab_opt
     @pass_app
     def build(app: App, config_dir: Path, jobs, no_validate, boot_timeout, artifact_repos, factory_lab, location) -> None:
-        """Build every golden image (default one at a time), tagged with its ImagePath."""
-        f = _load(app, config_dir, artifact_repos, factory_lab, location)
-        _do_build(app, f, factory_lab, location, jobs or 1, no_validate, boot_timeout)
+        """Build every golden image (default one at a time) into a staging image that `factory save` saves."""
+        from kiln.factory.run import build_images, raise_for_build_failures
+
+        session = _session(app, factory_lab, location)
+        f = _load(app, config_dir, artifact_repos, session)
+        report = build_images(session, f, jobs=jobs or 1, options=_build_options(no_validate, boot_timeout))
+        Printer().built(report)
+        raise_for_build_failures(report)
 
     @factory.command("save")
     @_factory_lab_opt
     @pass_app
     def save(app: App, factory_lab, location) -> None:
         """Save built images into the factory lab as custom images (factory naming, no byte copied)."""
-        _do_save(app, factory_lab, location)
+        from kiln.factory.run import save_built
+
+        Printer().saved(save_built(_session(app, factory_lab, location)))
 
     @factory.command("distribute")
     @config_arg
@@ -223,12 +198,14 @@ def register_factory(cli: click.Group) -> None:
 
         Reads Labs.json and which golden images exist; the golden templates are not compiled (the
         images are built already), so --artifact-repo is accepted but not needed."""
-        from kiln import ids
         from kiln.factory.config import load_labs
+        from kiln.factory.run import distribute_to_labs, raise_for_distribution_failures
 
-        ids.parse(factory_lab, ids.LAB, what="factory lab id")
-        f = load_labs(config_dir)
-        _do_distribute(app, f, factory_lab, location, jobs or 20, create_labs_in, include_unverified, as_json)
+        session = _session(app, factory_lab, location)
+        report = distribute_to_labs(session, load_labs(config_dir), jobs=jobs or 20, create_in=create_labs_in,
+                                    include_unverified=include_unverified)
+        Printer(as_json).distributed(report)
+        raise_for_distribution_failures(report)
 
     @factory.command("retire")
     @config_arg
@@ -240,8 +217,13 @@ def register_factory(cli: click.Group) -> None:
     @pass_app
     def retire_cmd(app: App, config_dir: Path, images_to_save, dry_run, artifact_repos, factory_lab, location, as_json) -> None:
         """Keep the newest N boot-tested images per ImagePath; retire the rest and orphans."""
-        f = _load(app, config_dir, artifact_repos, factory_lab, location)
-        _do_retire(app, f, factory_lab, location, images_to_save, dry_run, as_json)
+        from kiln.factory.run import plan_retirement_of, retire_planned
+
+        session = _session(app, factory_lab, location)
+        plan = plan_retirement_of(session, _load(app, config_dir, artifact_repos, session), images_to_save)
+        Printer(as_json).retiring(plan, dry_run)
+        if not dry_run:
+            retire_planned(session, plan)
 
     @factory.command("cleanup")
     @click.option("--dry-run", is_flag=True, help="Print what would be removed; change nothing.")
@@ -250,7 +232,9 @@ def register_factory(cli: click.Group) -> None:
     @pass_app
     def cleanup_cmd(app: App, dry_run, factory_lab, location, as_json) -> None:
         """Remove leftover build work (dead runs' work dirs, failed builds), skipping what is marked to keep."""
-        _do_cleanup(app, factory_lab, dry_run, as_json)
+        from kiln.factory.run import clean_up
+
+        Printer(as_json).cleaned(clean_up(_session(app, factory_lab, location), dry_run=dry_run), dry_run)
 
     @factory.command("run")
     @config_arg
@@ -267,17 +251,12 @@ def register_factory(cli: click.Group) -> None:
     def run(app: App, config_dir: Path, jobs, builds, images_to_save, create_labs_in, no_validate, boot_timeout,
             artifact_repos, factory_lab, location) -> None:
         """validate, build, save, distribute, retire, cleanup — in order."""
-        f = _load(app, config_dir, artifact_repos, factory_lab, location)
-        with open_store(app) as store:
-            # Check the labs before the long builds, so a missing lab fails in a second.
-            from kiln.factory import target_labs
+        from kiln.factory.run import RunOptions, run_factory
 
-            target_labs(store, f, _factory_lab(app, store, factory_lab, location), create_in=create_labs_in)
-        _do_build(app, f, factory_lab, location, builds, no_validate, boot_timeout)
-        _do_save(app, factory_lab, location)
-        _do_distribute(app, f, factory_lab, location, jobs, create_labs_in, False)
-        _do_retire(app, f, factory_lab, location, images_to_save, False)
-        _do_cleanup(app, factory_lab, False)
+        session = _session(app, factory_lab, location)
+        options = RunOptions(build_jobs=builds, distribute_jobs=jobs, images_to_save=images_to_save,
+                             create_labs_in=create_labs_in, build=_build_options(no_validate, boot_timeout))
+        run_factory(session, _load(app, config_dir, artifact_repos, session), options, Printer())
 
 
 def register_lab(cli: click.Group) -> None:
@@ -287,13 +266,13 @@ def register_lab(cli: click.Group) -> None:
 
     @lab.command("create")
     @click.argument("lab_id")
-    @click.option("--location", default=None, help="Region (default: the first configured region).")
+    @location_option("Region")
     @json_option
     @pass_app
     def create(app: App, lab_id: str, location: str | None, as_json: bool) -> None:
         """Create the lab LAB_ID (.../Microsoft.DevTestLab/labs/NAME)."""
         with open_store(app) as store:
-            found = store.labs.create(lab_id, _location(app, location))
+            found = store.labs.create(lab_id, location or app.config.default_location)
         if as_json:
             print_json(found.to_json(0))
         else:
@@ -307,8 +286,7 @@ def register_lab(cli: click.Group) -> None:
         with open_store(app) as store:
             labs = [(lab, len(store.labs.images(lab.id))) for lab in store.labs.list()]
         emit(as_json, [lab.to_json(n) for lab, n in labs],
-             lambda: (("ID", "LOCATION", "IMAGES"), [(str(lab.id), lab.location, n) for lab, n in labs]),
-             min_width=TABLE_WIDTH)
+             lambda: (("ID", "LOCATION", "IMAGES"), [(str(lab.id), lab.location, n) for lab, n in labs]))
 
     @lab.command("show")
     @click.argument("lab_id")
@@ -323,7 +301,7 @@ def register_lab(cli: click.Group) -> None:
         emit(as_json, data, lambda: (("FIELD", "VALUE"), [("id", found.id), ("location", found.location),
                                                           ("custom images", count),
                                                           ("created", data["properties"]["createdDate"])]),
-             min_width=TABLE_WIDTH)
+             whole=("FIELD", "VALUE"))
 
     @lab.command("delete")
     @click.argument("lab_id")
@@ -348,10 +326,9 @@ def register_lab(cli: click.Group) -> None:
         with open_store(app) as store:
             images = store.labs.images(lab_id)
         emit(as_json, [i.to_json() for i in images],
-             lambda: (("NAME", "IMAGE PATH", "OS", "STATE", "BOOT-TESTED", "CREATED", "DIGEST"),
-                      [(i.name, i.image_path, i.os_type, i.os_state_detail, "yes" if i.boot_tested else "no",
-                        i.to_json()["properties"]["creationDate"], i.digest[:16]) for i in images]),
-             min_width=TABLE_WIDTH)
+             lambda: (("ID", "IMAGE PATH", "OS", "STATE", "BOOT-TESTED", "CREATED", "DIGEST"),
+                      [(str(i.id), i.image_path, i.os_type, i.os_state_detail, "yes" if i.boot_tested else "no",
+                        i.to_json()["properties"]["creationDate"], i.digest[:16]) for i in images]))
 
     @image.command("show")
     @click.argument("image_id")

@@ -24,7 +24,7 @@ from typing import Any
 import click
 
 from kiln.cli import App, pass_app
-from kiln.cli.common import Rows, emit, json_option, make_monitor, open_store, print_json
+from kiln.cli.common import Rows, emit, json_option, location_option, make_monitor, open_store, print_json
 from kiln.errors import InvalidInput, KilnError
 
 
@@ -51,8 +51,11 @@ def _image_rows(images: list[Any]) -> Rows:
               i.digest[:16]) for i in images])
 
 
+KV = ("FIELD", "VALUE")  # a show command's table: every value whole
+
+
 def _kv_rows(pairs: list[tuple[str, Any]]) -> Rows:
-    return ("FIELD", "VALUE"), [(k, v) for k, v in pairs]
+    return KV, [(k, v) for k, v in pairs]
 
 
 def register_image(cli: click.Group) -> None:
@@ -63,7 +66,7 @@ def register_image(cli: click.Group) -> None:
     @image.command("import")
     @click.argument("disk", type=click.Path(path_type=Path))
     @click.option("--id", "image_id", required=True, help="The image's resource id (.../Microsoft.Compute/images/NAME).")
-    @click.option("--location", default=None, help="Region to keep it in (default: the first configured region).")
+    @location_option("Region to keep it in")
     @click.option("--os-type", default="Linux", show_default=True, help="Linux or Windows.")
     @click.option("--os-state", default="Generalized", show_default=True, help="Generalized or Specialized.")
     @click.option("--hyper-v-generation", default="V2", show_default=True, help="V1 or V2.")
@@ -75,8 +78,7 @@ def register_image(cli: click.Group) -> None:
         """Import DISK (raw, qcow2 or VHD, recognised by content) as a managed image. DISK is not modified."""
         tag_map = _tags(tags)
         with open_store(app) as store:
-            region = location or (app.config.regions[0].name if app.config.regions else "")
-            img = store.images.import_disk(disk, image_id, region, os_type, os_state=os_state,
+            img = store.images.import_disk(disk, image_id, location or app.config.default_location, os_type, os_state=os_state,
                                            hyper_v_generation=hyper_v_generation, tags=tag_map, monitor=make_monitor(app))
             emit(as_json, img.to_json(), lambda: _image_rows([img]))
 
@@ -101,7 +103,7 @@ def register_image(cli: click.Group) -> None:
                 ("id", i.id), ("location", i.location), ("osType", i.os_type), ("osState", i.os_state),
                 ("hyperVGeneration", i.hyper_v_generation), ("size", _size(i.disk.virtual_size)),
                 ("tags", json.dumps(i.tags)), ("bootTested", i.boot_tested), ("digest", i.digest),
-                ("disk", f"{i.disk.path} ({i.disk.format})")]))
+                ("disk", f"{i.disk.path} ({i.disk.format})")]), whole=KV)
 
     @image.command("delete")
     @click.argument("image_id")
@@ -155,14 +157,14 @@ def register_gallery(cli: click.Group) -> None:
 
     @gallery.command("create")
     @click.argument("gallery_id")
-    @click.option("--location", default="", help="Region (default: the first configured region).")
+    @location_option("Region")
     @click.option("--description", default="")
     @json_option
     @pass_app
-    def gallery_create(app: App, gallery_id: str, location: str, description: str, as_json: bool) -> None:
+    def gallery_create(app: App, gallery_id: str, location: str | None, description: str, as_json: bool) -> None:
         """Create a gallery (creating an existing one is a no-op)."""
         with open_store(app) as store:
-            g = store.galleries.create(gallery_id, location, description)
+            g = store.galleries.create(gallery_id, location or app.config.default_location, description)
             emit(as_json, g.to_json(), lambda: (("ID", "LOCATION"), [(str(g.id), g.location)]))
 
     @gallery.command("list")
@@ -266,45 +268,11 @@ def register_gallery(cli: click.Group) -> None:
 
         Publishing the same content under the same version again is a no-op, so an interrupted
         publish is finished by running the command again."""
-        from kiln import ids
-        from kiln.store.common import new_holder
-        from kiln.store.galleries import RegionTarget, VersionRule, parse_version
+        from kiln.distribute.galleries import publish_version_from
 
-        if (disk is None) == (image_id is None):
-            raise InvalidInput("give exactly one of --disk FILE and --image ID", hint="e.g. --disk build/disk.raw")
-        rid = ids.parse(version_id, ids.GALLERY_IMAGE_VERSION, what="image version id")
-        parse_version(rid.name)
         with open_store(app) as store:
-            d = store.galleries.get_definition(rid.parent())
-            targets = [RegionTarget(store.regions.get(r).name) for r in regions]
-            if not targets:
-                targets = [RegionTarget(store.galleries.get(d.id.parent()).location)]
-            existing = next((v for v in store.galleries.list_versions(d.id) if v.version == ".".join(
-                str(n) for n in parse_version(rid.name))), None)
-            if disk is not None:
-                from kiln.disk import formats
-                from kiln.store.blobs import content_digest
-
-                info = formats.detect(disk)
-                if existing is not None and content_digest(disk, info) != existing.digest:
-                    raise InvalidInput(f"version {existing.id} already exists with another disk",
-                                       hint="a version cannot be overwritten: delete it or publish another version number")
-            elif existing is not None and store.images.get(image_id).digest != existing.digest:
-                raise InvalidInput(f"version {existing.id} already exists with another disk",
-                                   hint="a version cannot be overwritten: delete it or publish another version number")
-            holder = new_holder("version")
-            try:
-                if disk is not None:
-                    blob = store.blobs.ingest(disk, holder=holder, monitor=make_monitor(app))
-                    source = ""
-                else:
-                    img = store.images.get(image_id)
-                    store.blobs.take_lease(img.digest, holder)
-                    blob, source = store.blobs.get(img.digest), str(img.id)
-                v = store.galleries.publish_version(d.id, blob, rule=VersionRule("Explicit", rid.name), target_regions=targets,
-                                                    exclude_from_latest=exclude_from_latest, source=source, monitor=make_monitor(app))
-            finally:
-                store.blobs.release_holder(holder)
+            v = publish_version_from(store, version_id, disk=disk, image_id=image_id, regions=regions,
+                                     exclude_from_latest=exclude_from_latest, monitor=make_monitor(app))
             emit(as_json, v.to_json(), lambda: _version_rows([v]))
 
     @version.command("list")
@@ -346,8 +314,11 @@ def register_gallery(cli: click.Group) -> None:
 
 def _output_rows(outs: list[Any]) -> Rows:
     return (("NAME", "TYPE", "STATE", "ARTIFACT", "RUN", "ERROR"),
-            [(o.name, o.target_type, o.provisioning_state, o.artifact_id or o.artifact_uri, o.run_id[:12], o.error[:80])
+            [(o.name, o.target_type, o.provisioning_state, o.artifact_id or o.artifact_uri, o.run_id, o.error)
              for o in outs])
+
+
+OUTPUT_IDS = ("NAME", "ARTIFACT", "RUN")
 
 
 def register_misc(cli: click.Group) -> None:
@@ -363,7 +334,7 @@ def register_misc(cli: click.Group) -> None:
         """The run outputs of TEMPLATE_ID (for each runOutputName, the latest run's)."""
         with open_store(app) as store:
             outs = store.runs.outputs(template_id)
-            emit(as_json, {"value": [o.to_json() for o in outs]}, lambda: _output_rows(outs))
+            emit(as_json, {"value": [o.to_json() for o in outs]}, lambda: _output_rows(outs), whole=OUTPUT_IDS)
 
     @run_output.command("show")
     @click.argument("run_output_id")
@@ -373,7 +344,7 @@ def register_misc(cli: click.Group) -> None:
         """Show one run output (.../imageTemplates/T/runOutputs/NAME)."""
         with open_store(app) as store:
             o = store.runs.output(run_output_id)
-            emit(as_json, o.to_json(), lambda: _output_rows([o]))
+            emit(as_json, o.to_json(), lambda: _output_rows([o]), whole=OUTPUT_IDS)
 
     @cli.group("region")
     def region() -> None:
@@ -388,7 +359,8 @@ def register_misc(cli: click.Group) -> None:
         data = [{"name": r.name, "kind": r.kind, "path": r.path if r.kind == "folder" else "",
                  "container": r.container} for r in regions]
         emit(as_json, data, lambda: (("NAME", "KIND", "WHERE"),
-                                      [(r.name, r.kind, r.path if r.kind == "folder" else r.container) for r in regions]))
+                                      [(r.name, r.kind, r.path if r.kind == "folder" else r.container) for r in regions]),
+             whole=("NAME", "WHERE"))
 
     @cli.command("gc")
     @json_option

@@ -1,13 +1,30 @@
-"""Customizers: the steps of a template's `customize` list, run in an isolated root.
+"""Steps: a template's `customize` list, run in an isolated root, and its `inVMValidations`.
 
 Each type (Shell, File, PowerShell, WindowsRestart, WindowsUpdate) is its own module that
-registers its option schema and behaviour in `base.REGISTRY`; `runner.run_customizers` runs a
-template's steps in order and `runner.check_supported` refuses, up front, steps the source's OS
-cannot run. `fetch.Fetcher` gets what they name (with URI rewrites and checksums).
+registers its option schema and behaviour in `base.REGISTRY` (`registry` imports them all, cheaply:
+the template schema is built from it). `runner.run_customizers` runs a template's steps in order
+and `runner.check_supported` refuses, up front, steps the source's OS cannot run;
+`guest.in_vm_scripts` turns validations into the scripts a booted guest runs. `fetch.Fetcher`
+gets what they name (with URI rewrites and checksums).
+
+The runner and the fetcher (sandbox, HTTP client) load only when asked for.
 """
 
-from kiln.customizers.base import REGISTRY, CustomizerFailed, StepInfo
-from kiln.customizers.runner import check_supported, run_customizers
-from kiln.fetch import Fetcher
+from typing import Any
 
-__all__ = ["REGISTRY", "CustomizerFailed", "Fetcher", "StepInfo", "check_supported", "run_customizers"]
+from kiln.customizers import registry as _registry  # noqa: F401  (registers the types)
+from kiln.customizers.base import REGISTRY, CustomizerFailed, StepInfo
+
+__all__ = ["REGISTRY", "CustomizerFailed", "Fetcher", "StepInfo", "check_supported", "in_vm_scripts",
+           "run_customizers"]
+
+_LAZY = {"check_supported": "kiln.customizers.runner", "run_customizers": "kiln.customizers.runner",
+         "in_vm_scripts": "kiln.customizers.guest", "Fetcher": "kiln.fetch"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,37 +6,37 @@ host), and refused when it tries to leave the root: `..` above `/`, or a relativ
 climbs above the root. A destination ending in `/` (or naming an existing folder) receives the
 file under the URI's last path component, as Packer's file provisioner does. Missing parent
 folders are created. The file is written as root with mode 0644.
+
+As an in-VM validation the fetched, verified bytes travel inside the guest script, which writes
+them to the destination (its parent folders created).
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import posixpath
+import shlex
 import shutil
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.errors import InvalidInput
-from kiln.template.model import FileStep
 
-from .base import COMMON_PROPERTIES, CustomizerType, StepContext, register
+from .base import SHA256, CustomizerType, GuestContext, StepContext, register, step_schema
 
-SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "File customizer",
-    "type": "object",
-    "properties": {
-        **COMMON_PROPERTIES,
-        "type": {"const": "File"},
-        "sourceUri": {"type": "string", "minLength": 1},
-        "destination": {"type": "string", "minLength": 1},
-        "sha256Checksum": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
-    },
-    "required": ["type", "sourceUri", "destination"],
-    "additionalProperties": False,
-}
+if TYPE_CHECKING:
+    from kiln.template.model import FileStep
+
+# sourceUri and destination are required, but template/checks.py says so (with a hint), not the schema.
+SCHEMA: dict[str, Any] = step_schema("File", "File step", {
+    "sourceUri": {"type": "string", "description": "URI of the file to upload"},
+    "sha256Checksum": SHA256,
+    "destination": {"type": "string",
+                    "description": "absolute path in the image where the file goes (its directory must exist)"},
+})
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,13 @@ def run(step: FileStep, ctx: StepContext, prepared: Prepared) -> None:
     os.chmod(tmp, 0o644)
     os.replace(tmp, host)
     ctx.monitor.log(f"copied {step.source_uri} to {inside}", name=ctx.info.name or "File")
+
+
+def guest(step: FileStep, ctx: GuestContext) -> bytes:
+    data = ctx.fetcher.fetch_bytes(step.source_uri, step.sha256_checksum, what=f"{ctx.info.path}.sourceUri")
+    encoded = base64.b64encode(data).decode()
+    dest = shlex.quote(step.destination)
+    return f"set -e\nmkdir -p \"$(dirname {dest})\"\necho {encoded} | base64 -d > {dest}\n".encode()
 
 
 def destination_in_root(root: Path, destination: str, source_uri: str = "", *, where: str = "") -> PurePosixPath:
@@ -125,4 +132,4 @@ def _make_parents(root: Path, inside: PurePosixPath) -> None:
             current.mkdir(mode=0o755)
 
 
-register(CustomizerType("File", SCHEMA, ("Linux", "Windows"), prepare, run))
+register(CustomizerType("File", SCHEMA, ("Linux", "Windows"), prepare, run, guest=guest))

@@ -20,8 +20,9 @@ from kiln.errors import Problem, ValidationFailed
 from kiln.events import Monitor
 from kiln.fetch import Fetcher
 from kiln.sandbox.isolated import IsolatedRoot, SandboxTimeout
+from kiln.template.model import Customizer
 
-from . import file, powershell, shell, windows  # noqa: F401  (registers the types)
+from . import registry  # noqa: F401  (registers the types)
 from .base import REGISTRY, CustomizerFailed, StepContext, StepInfo
 
 
@@ -45,7 +46,7 @@ def check_supported(steps: Sequence[object], os_type: str, *, where: str = ".pro
 
 
 def run_customizers(
-    steps: Sequence[object],
+    steps: Sequence[Customizer],
     root: IsolatedRoot,
     *,
     config: Config,

@@ -1,4 +1,4 @@
-"""WindowsRestart and WindowsUpdate: Windows-only steps.
+"""WindowsRestart and WindowsUpdate: Windows-only steps (not allowed as in-VM validations).
 
 They need a running Windows guest. kiln cannot build Windows images on this host (no Windows
 media is reachable), so on a Linux source they are refused up front by `check_supported`, with
@@ -7,41 +7,26 @@ the step named, before any bootstrap; their `run` is never reached on Linux.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kiln.template.model import WindowsRestartStep, WindowsUpdateStep
+from .base import DEFS, CustomizerFailed, CustomizerType, StepContext, register, step_schema
 
-from .base import COMMON_PROPERTIES, CustomizerFailed, CustomizerType, StepContext, register
+if TYPE_CHECKING:
+    from kiln.template.model import WindowsRestartStep, WindowsUpdateStep
 
-RESTART_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "WindowsRestart customizer",
-    "type": "object",
-    "properties": {
-        **COMMON_PROPERTIES,
-        "type": {"const": "WindowsRestart"},
-        "restartCommand": {"type": "string"},
-        "restartCheckCommand": {"type": "string"},
-        "restartTimeout": {"type": "string", "pattern": "^[0-9]+[smh]?$"},
-    },
-    "required": ["type"],
-    "additionalProperties": False,
-}
+RESTART_SCHEMA: dict[str, Any] = step_schema("WindowsRestart", "WindowsRestart step", {
+    "restartCommand": {"type": "string", "description": "command that restarts the VM"},
+    "restartCheckCommand": {"type": "string", "description": "command that checks the restart succeeded"},
+    "restartTimeout": {"type": "string",
+                       "description": "how long to wait, a magnitude and a unit such as '5m' or '2h'"},
+})
 
-UPDATE_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "WindowsUpdate customizer",
-    "type": "object",
-    "properties": {
-        **COMMON_PROPERTIES,
-        "type": {"const": "WindowsUpdate"},
-        "searchCriteria": {"type": "string"},
-        "filters": {"type": "array", "items": {"type": "string"}},
-        "updateLimit": {"type": "integer", "minimum": 0},
-    },
-    "required": ["type"],
-    "additionalProperties": False,
-}
+UPDATE_SCHEMA: dict[str, Any] = step_schema("WindowsUpdate", "WindowsUpdate step", {
+    "searchCriteria": {"type": "string", "description": "update search criteria"},
+    "filters": {"type": "array", "items": {"type": "string"}, "description": "update filters"},
+    "updateLimit": {"$ref": "#/$defs/int32", "minimum": 0,
+                    "description": "maximum number of updates at a time (0: the default, 1000)"},
+}, **{"$defs": DEFS})
 
 HINT = "remove the step for Linux images, or build from a Windows source (not possible on this host)"
 

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlparse
 
 from kiln import ids
 from kiln.distribute.artifact import BuiltArtifact
+from kiln.distribute.galleries import publish_gallery_version
 from kiln.errors import InvalidInput, KilnError
 from kiln.events import Monitor, NullMonitor
 from kiln.ids import ResourceId
@@ -69,8 +70,8 @@ def distribute_shared_image(store: Store, target: SharedImageTarget, blob: Blob,
         regions.append(RegionTarget(t.name, t.replica_count, t.storage_account_type or target.storage_account_type or "Standard_LRS"))
     if not regions:
         regions.append(RegionTarget(store.galleries.get(definition.id.parent()).location))
-    version = store.galleries.publish_version(
-        definition.id, blob, rule=_version_rule(target, artifact, path), target_regions=regions,
+    version = publish_gallery_version(
+        store, definition.id, blob, rule=_version_rule(target, artifact, path), target_regions=regions,
         exclude_from_latest=target.exclude_from_latest, tags=dict(target.artifact_tags), source=artifact.source_id,
         boot_tested=artifact.boot_tested, monitor=monitor)
     return RunOutput(target.run_output_name, template_id, "SharedImage", "Succeeded", artifact_id=str(version.id))

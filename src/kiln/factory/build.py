@@ -3,18 +3,23 @@
 `build_golden_images` runs every golden image through the build pipeline (the same one
 `kiln build` uses), up to N at once. Where a golden image says to distribute is not the factory's
 concern: each build publishes one managed image in the factory lab's resource group (its
-*staging image*), tagged with the golden image's ImagePath, description and osState, and
-boot-tested like every kiln build. Windows golden images are refused before anything starts.
+*staging image*), boot-tested like every kiln build, and hands back a `BuiltGoldenImage`: what
+was built from which golden image, typed. Windows golden images are refused before anything starts.
 
 Parallel builds run in threads. Each thread opens its own Store (a catalog connection is not shared
 between threads) and waits for its own QEMU boot test, as QEMU is tied to the thread that starts it.
 Off the main thread the pipeline cannot use its SIGALRM build timeout; the customizers' deadline
 still bounds each build. With one job (the default) builds run on the main thread.
 
-`save_images` turns staging images into the factory lab's custom images, named by the factory's
-convention (kiln.factory.names). The bytes are the staging image's blob: nothing is copied. The
-custom image records the staging image it came from, so a save killed between publishing and
-removing the staging image is finished by saving again, without a duplicate.
+`save_images` turns built golden images into the factory lab's custom images, named by the
+factory's convention (kiln.factory.names). The bytes are the staging image's blob: nothing is
+copied. The custom image records the staging image it came from, so a save killed between
+publishing and removing the staging image is finished by saving again, without a duplicate.
+
+A build and its save can be separate commands (`kiln factory build`, then `kiln factory save`), so
+the record also survives in the catalog: the staging image carries it as tags (ImagePath, osState,
+description, the kilnFactory marker), written by `BuiltGoldenImage.tags` and read back, once, by
+`unsaved_golden_images`. Nothing else reads those tags.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -33,6 +38,7 @@ from kiln.events import Monitor
 from kiln.factory.config import Factory, GoldenImage
 from kiln.factory.names import dated_name, unique_name
 from kiln.ids import ResourceId
+from kiln.store.images import ManagedImage
 from kiln.store.labs import Lab
 from kiln.template.model import ManagedImageTarget
 
@@ -40,13 +46,47 @@ STAGING_TAG = "kilnFactory"  # tag on staging images: value "golden"
 IMAGE_PATH_TAG = "ImagePath"
 
 
+def staging_tags(image_path: str, os_state: str, description: str) -> dict[str, str]:
+    return {IMAGE_PATH_TAG: image_path, STAGING_TAG: "golden", "description": description, "osState": os_state}
+
+
+@dataclass(frozen=True)
+class BuiltGoldenImage:
+    """A golden image built into its staging image, not yet saved into the factory lab."""
+
+    image_path: str
+    staging_image: ResourceId  # the managed image the build published
+    digest: str
+    os_type: str
+    os_state: str  # Generalized, or Specialized (an exact copy)
+    description: str
+    boot_tested: bool
+    created: float
+    run_id: str = ""
+
+    def tags(self) -> dict[str, str]:
+        """The record as the staging image's tags, for a save in another process."""
+        return staging_tags(self.image_path, self.os_state, self.description)
+
+    @classmethod
+    def from_staging_image(cls, image: ManagedImage) -> BuiltGoldenImage:
+        return cls(image_path=image.tags.get(IMAGE_PATH_TAG, ""), staging_image=image.id, digest=image.digest,
+                   os_type=image.os_type, os_state=image.tags.get("osState", "Generalized"),
+                   description=image.tags.get("description", ""), boot_tested=image.boot_tested,
+                   created=image.created)
+
+
 @dataclass(frozen=True)
 class BuildResult:
     image_path: str
     ok: bool
     run_id: str = ""
-    staging_image: str = ""
+    built: BuiltGoldenImage | None = None
     error: str = ""
+
+    @property
+    def staging_image(self) -> str:
+        return str(self.built.staging_image) if self.built else ""
 
 
 @dataclass
@@ -56,6 +96,12 @@ class BuildReport:
     @property
     def failed(self) -> list[BuildResult]:
         return [r for r in self.results if not r.ok]
+
+    @property
+    def built(self) -> list[BuiltGoldenImage]:
+        """What the builds made, oldest first (the order a save names them in)."""
+        return sorted((r.built for r in self.results if r.built is not None),
+                      key=lambda b: (b.created, b.staging_image.key))
 
 
 def refuse_windows(factory: Factory, selected: tuple[GoldenImage, ...]) -> None:
@@ -72,8 +118,7 @@ def staging_id(lab: Lab, golden: GoldenImage, stamp: str) -> ResourceId:
 
 
 def factory_template(golden: GoldenImage, lab: Lab, image_id: ResourceId):
-    tags = {IMAGE_PATH_TAG: golden.image_path, STAGING_TAG: "golden", "description": golden.description,
-            "osState": golden.os_state}
+    tags = staging_tags(golden.image_path, golden.os_state, golden.description)
     target = ManagedImageTarget(run_output_name="factory", image_id=str(image_id), location=lab.location, artifact_tags=tags)
     return dataclasses.replace(golden.template, distribute=(target,), location=lab.location)
 
@@ -100,7 +145,10 @@ def build_golden_images(factory: Factory, *, config: Config, open_store: Callabl
             golden_options = dataclasses.replace(options or BuildOptions(), generalize=golden.os_state != "Specialized")
             ctx = build(factory_template(golden, lab, image_id), config=config, store=store, monitor=monitor,
                         options=golden_options)
-            result = BuildResult(golden.image_path, True, ctx.run_id, str(image_id))
+            image = store.images.get(image_id)  # type: ignore[attr-defined]
+            built = BuiltGoldenImage(golden.image_path, image.id, image.digest, image.os_type, golden.os_state,
+                                     golden.description, image.boot_tested, image.created, ctx.run_id)
+            result = BuildResult(golden.image_path, True, ctx.run_id, built)
         except KilnError as e:
             result = BuildResult(golden.image_path, False, error=e.render())
         finally:
@@ -142,7 +190,7 @@ class SavedImage:
     new: bool
 
 
-def staging_images(store, lab: Lab) -> list:
+def staging_images(store, lab: Lab) -> list[ManagedImage]:
     """Managed images the factory built for this lab and has not saved yet, oldest first."""
     found = [i for i in store.images.list()
              if i.tags.get(STAGING_TAG) == "golden" and i.id.subscription.lower() == lab.id.subscription.lower()
@@ -150,28 +198,33 @@ def staging_images(store, lab: Lab) -> list:
     return sorted(found, key=lambda i: (i.created, i.id.key))
 
 
-def save_images(store, lab: Lab, monitor: Monitor) -> list[SavedImage]:
-    """Save every staging image into the factory lab as a custom image, then drop the staging image."""
+def unsaved_golden_images(store, lab: Lab) -> list[BuiltGoldenImage]:
+    """The built golden images of earlier builds (other processes) that no save has finished."""
+    return [BuiltGoldenImage.from_staging_image(i) for i in staging_images(store, lab)]
+
+
+def save_images(store, lab: Lab, built: Sequence[BuiltGoldenImage], monitor: Monitor) -> list[SavedImage]:
+    """Save each built golden image into the factory lab as a custom image, then drop its staging image."""
+    from kiln.distribute.labs import publish_lab_image
+
     saved: list[SavedImage] = []
-    pending = staging_images(store, lab)
-    monitor.begin("factory save", f"{len(pending)} built image(s) into {lab.id.name}")
-    for image in pending:
+    monitor.begin("factory save", f"{len(built)} built image(s) into {lab.id.name}")
+    for record in built:
         existing = {i.source.lower(): i for i in store.labs.images(lab.id)}
-        done = existing.get(str(image.id).lower())
+        done = existing.get(record.staging_image.key)
         new = done is None
         if done is None:
-            path = image.tags.get(IMAGE_PATH_TAG, "")
             taken = {i.name.lower() for i in existing.values()}
-            name = unique_name(dated_name(path, image.created), taken)
-            blob = store.blobs.get(image.digest)
-            done = store.labs.publish_image(
-                lab.id, name, blob, os_type=image.os_type, os_state=image.tags.get("osState", "Generalized"),
-                description=image.tags.get("description", ""), image_path=path, boot_tested=image.boot_tested,
-                source=str(image.id), created=image.created, monitor=monitor)
-        store.images.delete(image.id)
-        saved.append(SavedImage(str(image.id), str(done.id), done.image_path, done.boot_tested, new))
+            name = unique_name(dated_name(record.image_path, record.created), taken)
+            done = publish_lab_image(
+                store, lab, name, store.blobs.get(record.digest), os_type=record.os_type, os_state=record.os_state,
+                description=record.description, image_path=record.image_path, boot_tested=record.boot_tested,
+                source=str(record.staging_image), created=record.created, monitor=monitor)
+        if store.images.find(record.staging_image) is not None:
+            store.images.delete(record.staging_image)
+        saved.append(SavedImage(str(record.staging_image), str(done.id), done.image_path, done.boot_tested, new))
         monitor.log(f"saved {done.id.name} ({done.image_path}, {'boot-tested' if done.boot_tested else 'NOT boot-tested'})")
-        monitor.progress("factory save", len(saved), len(pending))
+        monitor.progress("factory save", len(saved), len(built))
     monitor.finish("factory save", message=f"{sum(s.new for s in saved)} saved")
     return saved
 

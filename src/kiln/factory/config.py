@@ -109,9 +109,11 @@ def path_selects(selector: str, image_path: str) -> bool:
 
 
 def load_factory(root: Path, config: Config, *, artifact_repos: tuple[Path, ...] = (),
-                 lab_name: str = "ImageFactory", location: str = "westus2") -> Factory:
-    """Read and check the whole configuration folder (raises ValidationFailed with every problem)."""
+                 lab_name: str = "ImageFactory", location: str | None = None) -> Factory:
+    """Read and check the whole configuration folder (raises ValidationFailed with every problem).
+    `location` is the factory lab's region (default: the config's default location)."""
     root = _config_root(root)
+    location = location or config.default_location
     problems: list[Problem] = []
     repos = artifact_repos or ((root / ARTIFACTS_DIR,) if (root / ARTIFACTS_DIR).is_dir() else ())
     golden = _load_golden(root / GOLDEN_DIR, config, repos, lab_name, location, problems)

@@ -1,46 +1,31 @@
 """Fan-out: every lab in Labs.json gets the factory lab's images its ImagePaths select.
 
 The configuration is a `Factory` or, for `kiln factory distribute` alone, the lighter `FactoryLabs`
-(Labs.json and which golden images exist). The plan is (lab × image) pairs: each factory custom image that passed its boot test, for each lab
-whose ImagePaths select the image's ImagePath. A pair the lab already holds (same name, same bytes)
-is *skipped*, so a rerun after an interruption does only what is missing. The rest are *jobs*, run
-up to `max_jobs` at once in threads. A job is one lab image, published in two halves
-(`Labs.prepare_image`, then `Labs.commit_images`): first the lab's region gets the blob (reflink
-or hardlink, or a verified copy when the lab is in another region; jobs needing the same blob in
-the same region take turns, so the bytes are copied once), then the job hands its row to a
-`GroupCommit`, which lists it together with the rows other jobs have ready in one transaction. A
-row is listed only after its own bytes are complete, each transaction is all or nothing, and a
-job ends only once its row is committed: a kill at any point leaves each pair listed with complete
-bytes or not listed, and a rerun publishes what is missing.
+(Labs.json and which golden images exist). The plan is (lab × image) pairs: each factory custom
+image that passed its boot test, for each lab whose ImagePaths select the image's ImagePath. A
+pair the lab already holds (same name, same bytes) is *skipped*, so a rerun after an interruption
+does only what is missing. The rest are *jobs*, which kiln.distribute.labs publishes, up to
+`max_jobs` at once, many rows to a transaction: a kill at any point leaves each pair listed with
+complete bytes or not listed, and a rerun publishes what is missing.
 
-Every job reports a `step` event when it starts and a `result` when it ends, carrying the number of
-jobs in flight, so the concurrency limit can be checked from the events alone; `progress` events
-count labs × images done, skipped and failed.
+`progress` events count labs × images done, skipped and failed.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from kiln.errors import InvalidInput, KilnError, Problem, ValidationFailed
+from kiln.distribute.labs import FanOutOutcome, LabImageJob, publish_lab_images
+from kiln.errors import InvalidInput, Problem, ValidationFailed
 from kiln.events import Monitor
-from kiln.store.db import GroupCommit
-from kiln.store.labs import Lab, LabCustomImage, PendingImage
+from kiln.store.labs import Lab
 
 if TYPE_CHECKING:
     from kiln.factory.config import Factory, FactoryLabs
-    from kiln.store.blobs import Blob
 
-
-@dataclass(frozen=True)
-class Job:
-    lab: Lab
-    image: LabCustomImage  # the factory lab's image
+Job = LabImageJob  # a (lab, factory image) pair to publish
 
 
 @dataclass
@@ -101,72 +86,19 @@ def distribute_images(open_store: Callable[[], object], store, factory: Factory 
         raise InvalidInput(f"--max-concurrent-jobs {max_jobs} must be at least 1")
     jobs, skipped = plan(store, factory, factory_lab, labs, include_unverified=include_unverified)
     report = DistributionReport(total=len(jobs) + len(skipped), skipped=skipped)
-    blobs: dict[str, Blob] = {}
-    for digest in {j.image.digest for j in jobs}:
-        try:
-            blobs[digest] = store.blobs.get(digest)
-        except KilnError:
-            pass  # the jobs of this image fail with that error, each on its own
-    lock = threading.Lock()
-    placing: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)  # (region, digest) → turn
-    commits: GroupCommit[PendingImage, KilnError | None] = GroupCommit()
-    in_flight = 0
-    local = threading.local()
-    stores: list = []
 
-    def progress() -> None:
+    def progress(outcome: FanOutOutcome) -> None:
+        report.done, report.failed = outcome.done, outcome.failed
         finished = len(report.done) + len(report.skipped) + len(report.failed)
         monitor.progress("factory distribute", finished, report.total,
                          f"{len(report.done)} done, {len(report.skipped)} skipped, {len(report.failed)} failed")
 
-    def publish(job: Job) -> None:
-        s = local.store
-        image = job.image
-        blob = blobs.get(image.digest) or s.blobs.get(image.digest)
-        with lock:
-            turn = placing[(job.lab.location.lower(), image.digest)]
-        with turn:
-            pending = s.labs.prepare_image(job.lab, image.name, blob, os_type=image.os_type, os_state=image.os_state,
-                                           description=image.description, author=image.author,
-                                           image_path=image.image_path, boot_tested=image.boot_tested,
-                                           source=str(image.id), created=image.created)
-        error = commits.submit(pending, s.labs.commit_images)
-        if error is not None:
-            raise error
-
-    def run(job: Job) -> None:
-        nonlocal in_flight
-        label = f"{job.lab.id.name}/{job.image.name}"
-        if not hasattr(local, "store"):
-            local.store = open_store()
-            with lock:
-                stores.append(local.store)
-        with lock:
-            in_flight += 1
-            report.max_in_flight = max(report.max_in_flight, in_flight)
-            monitor.step(f"job {label}", "publish", job="start", in_flight=in_flight)
-        ok, message = True, ""
-        try:
-            publish(job)
-        except KilnError as e:
-            ok, message = False, e.render()
-        with lock:
-            in_flight -= 1
-            (report.done.append(label) if ok else report.failed.append((label, message)))
-            monitor.result(f"job {label}", ok=ok, message=message, job="end", in_flight=in_flight)
-            progress()
-
     monitor.begin("factory distribute", f"{len(jobs)} job(s), {len(skipped)} already there, up to {max_jobs} at once")
-    progress()
-    try:
-        if jobs:
-            with ThreadPoolExecutor(max_workers=min(max_jobs, len(jobs)), thread_name_prefix="distribute") as pool:
-                for f in [pool.submit(run, j) for j in jobs]:
-                    f.result()
-    finally:
-        for s in stores:
-            s.close()
-    report.transactions = commits.batches
+    progress(FanOutOutcome())
+    outcome = publish_lab_images(open_store, store, jobs, max_jobs=max_jobs, monitor=monitor,  # type: ignore[arg-type]
+                                 after_each=progress)
+    report.done, report.failed = outcome.done, outcome.failed
+    report.max_in_flight, report.transactions = outcome.max_in_flight, outcome.transactions
     monitor.finish("factory distribute", ok=not report.failed,
                    message=f"{len(report.done)} done, {len(report.skipped)} skipped, {len(report.failed)} failed")
     return report

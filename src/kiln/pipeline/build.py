@@ -11,7 +11,6 @@ ready-to-use command are printed).
 
 from __future__ import annotations
 
-import base64
 import shlex
 import shutil
 import signal
@@ -42,14 +41,11 @@ from kiln.pipeline.context import (
 from kiln.pipeline.recorder import RunRecorder
 from kiln.store.blobs import KnownDigest
 from kiln.template.model import (
-    FileStep,
     ImageTemplate,
     IsoSource,
     ManagedImageSource,
     PlatformImageSource,
-    PowerShellStep,
     SharedImageVersionSource,
-    ShellStep,
     Source,
 )
 
@@ -313,33 +309,10 @@ def outcome(checked: Validation, outputs: Sequence[RunOutput]) -> tuple[str, str
 
 
 def guest_scripts(ctx: BuildContext) -> list[GuestScript]:
-    """inVMValidations as shell scripts for the guest (File: the bytes embedded, written to the path)."""
-    from kiln.fetch import Fetcher
-    from kiln.validate.boottest import GuestScript
+    """inVMValidations as the scripts the guest runs, each written by its step type (kiln.customizers)."""
+    from kiln.customizers.guest import in_vm_scripts
 
-    fetcher = Fetcher(ctx.config, ctx.monitor)
-    scripts: list[GuestScript] = []
-    for i, step in enumerate(ctx.template.validate.in_vm_validations):
-        name = step.name or f"{step.type}-{i}"
-        if isinstance(step, ShellStep | PowerShellStep):
-            if step.inline is not None:
-                body = "\n".join(step.inline)
-            else:
-                assert step.script_uri is not None  # the schema requires inline or scriptUri
-                body = fetcher.fetch_text(step.script_uri, step.sha256_checksum, what=f"inVMValidations[{i}].scriptUri")
-            if isinstance(step, PowerShellStep):
-                body = "command -v pwsh >/dev/null || { echo 'pwsh is not installed in this image' >&2; exit 127; }\n" \
-                    f"pwsh -NoProfile -NonInteractive -Command {shlex.quote(body)}"
-            scripts.append(GuestScript(name=name, content=("set -e\n" + body + "\n").encode()))
-        elif isinstance(step, FileStep):
-            data = fetcher.fetch_bytes(step.source_uri, step.sha256_checksum, what=f"inVMValidations[{i}].sourceUri")
-            encoded = base64.b64encode(data).decode()
-            dest = shlex.quote(step.destination)
-            scripts.append(GuestScript(
-                name=name,
-                content=f"set -e\nmkdir -p \"$(dirname {dest})\"\necho {encoded} | base64 -d > {dest}\n".encode(),
-            ))
-    return scripts
+    return in_vm_scripts(ctx.template.validate.in_vm_validations, ctx.config, ctx.monitor)
 
 
 def source_disk(ctx: BuildContext, source: Source) -> tuple[Path, str, str | None]:

@@ -148,6 +148,34 @@ MIGRATIONS: list[tuple[str, ...]] = [
             created REAL NOT NULL)""",
         "CREATE INDEX lab_custom_images_by_lab ON lab_custom_images (lab_key, image_path, created)",
     ),
+    # 3: the REST API (kiln serve): its access tokens (hashed; kiln.store.tokens), the image
+    # template resources it was given and its long-running operations (kiln.api.resources).
+    (
+        """CREATE TABLE api_tokens (
+            name TEXT PRIMARY KEY,
+            token_hash TEXT NOT NULL UNIQUE,
+            subscriptions TEXT NOT NULL,
+            read_only INTEGER NOT NULL DEFAULT 0,
+            created REAL NOT NULL)""",
+        """CREATE TABLE api_templates (
+            key TEXT PRIMARY KEY,
+            id TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created REAL NOT NULL,
+            updated_by TEXT NOT NULL,
+            updated REAL NOT NULL)""",
+        """CREATE TABLE api_operations (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            template_key TEXT NOT NULL,
+            status TEXT NOT NULL,
+            run_id TEXT NOT NULL DEFAULT '',
+            error TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL,
+            ended REAL)""",
+        "CREATE INDEX api_operations_by_template ON api_operations (template_key, created)",
+    ),
 ]
 
 

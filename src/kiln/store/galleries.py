@@ -4,11 +4,12 @@ A gallery holds image definitions (publisher/offer/sku, osType, osState, hyperVG
 definition holds versions `major.minor.patch`, each one a blob replicated to its target regions.
 `latest` is the highest version not marked excludeFromLatest.
 
-A version is published in two steps: its blob is replicated to every target region (idempotent,
-content-addressed), then one write transaction allocates the version number and inserts the row.
-The number is computed under SQLite's write lock, so concurrent publishers never pick the same one
-(and `UNIQUE (image_key, major, minor, patch)` would refuse it anyway); a kill before the commit
-leaves no row, a kill after it leaves a complete one.
+A version is published in two steps (kiln.distribute.galleries does both): its blob is replicated
+to every target region (idempotent, content-addressed), then `add_version`, one write transaction,
+allocates the version number and inserts the row. The number is computed under SQLite's write
+lock, so concurrent publishers never pick the same one (and `UNIQUE (image_key, major, minor,
+patch)` would refuse it anyway); a kill before the commit leaves no row, a kill after it leaves a
+complete one. `add_version` refuses a row whose bytes some target region does not hold.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from typing import Any, Literal
 
 from kiln import ids
 from kiln.errors import InvalidInput, NotFound
-from kiln.events import Monitor
 from kiln.ids import ResourceId
-from kiln.store.blobs import Blob, BlobStore, DiskRef
+from kiln.store.blobs import BlobStore, DiskRef
 from kiln.store.common import HYPER_V_GENERATIONS, OS_STATES, OS_TYPES, choice, dumps
 from kiln.store.db import Catalog, now
 from kiln.store.regions import Regions
@@ -276,35 +276,19 @@ class Galleries:
                            hint="publish a version, or one not marked excludeFromLatest")
         return v
 
-    def publish_version(
-        self,
-        definition_id: str | ResourceId,
-        blob: Blob,
-        *,
-        rule: VersionRule = VersionRule("Latest"),
-        target_regions: Sequence[RegionTarget] = (),
-        exclude_from_latest: bool = False,
-        tags: dict[str, str] | None = None,
-        source: str = "",
-        boot_tested: bool = False,
-        monitor: Monitor | None = None,
-    ) -> GalleryImageVersion:
-        """Replicate `blob` to the target regions, then add it as a new version (the caller holds a lease).
-
-        An explicit (or Source) version that already holds this blob is returned as is, so a killed
-        publish is finished by running it again; one that holds another blob is an error."""
-        d = self.get_definition(definition_id)
-        regions = [self.regions.get(t.name, path=".targetRegions") for t in target_regions] or self.regions.list()[:1]
-        targets = tuple(RegionTarget(r.name, t.replica_count, t.storage_account_type)
-                        for r, t in zip(regions, target_regions or [RegionTarget(regions[0].name)], strict=True))
+    def add_version(self, definition: GalleryImageDefinition, digest: str, *, rule: VersionRule,
+                    target_regions: Sequence[RegionTarget], exclude_from_latest: bool = False,
+                    tags: dict[str, str] | None = None, source: str = "",
+                    boot_tested: bool = False) -> GalleryImageVersion:
+        """Insert a version of `definition` whose blob every target region already holds, its
+        number chosen by `rule` under the write lock (one transaction)."""
+        d = definition
         fixed = parse_version(rule.version) if rule.scheme in ("Explicit", "Source") else None
-        if fixed is not None:
-            done = self._existing(d.id, fixed, blob.digest)
-            if done is not None:
-                return done
-        for r in regions:
-            self.regions.replicate(blob, r.name, monitor)
         with self.catalog.write() as db:
+            for t in target_regions:
+                if db.execute("SELECT 1 FROM replicas WHERE region = ? AND digest = ?",
+                              (t.name.lower(), digest)).fetchone() is None:
+                    raise RuntimeError(f"blob {digest} is not replicated to {t.name}: replicate before adding the version")
             if fixed is None:
                 fixed = _next_latest(db, d.id.key, rule.major)
             elif db.execute("SELECT 1 FROM gallery_image_versions WHERE image_key = ? AND major = ? AND minor = ? AND patch = ?",
@@ -315,12 +299,14 @@ class Galleries:
             db.execute(
                 "INSERT INTO gallery_image_versions (key, id, image_key, major, minor, patch, digest, exclude_from_latest,"
                 " target_regions, tags, source, boot_tested, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (vid.key, str(vid), d.id.key, *fixed, blob.digest, int(exclude_from_latest),
-                 json.dumps([t.__dict__ for t in targets]), dumps(tags or {}), source, int(boot_tested), now()),
+                (vid.key, str(vid), d.id.key, *fixed, digest, int(exclude_from_latest),
+                 json.dumps([t.__dict__ for t in target_regions]), dumps(tags or {}), source, int(boot_tested), now()),
             )
         return self.get_version(vid)
 
-    def _existing(self, definition: ResourceId, version: tuple[int, int, int], digest: str) -> GalleryImageVersion | None:
+    def existing_version(self, definition: ResourceId, version: tuple[int, int, int],
+                         digest: str) -> GalleryImageVersion | None:
+        """The version if it exists with this blob, None if it does not exist; another blob is an error."""
         r = self.catalog.one("SELECT * FROM gallery_image_versions WHERE image_key = ? AND major = ? AND minor = ? AND patch = ?",
                              (definition.key, *version))
         if r is None:

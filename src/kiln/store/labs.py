@@ -7,17 +7,11 @@ DeprovisionApplied or NonDeprovisioned), description, author, the image factory'
 the creation time, plus what kiln adds: whether the image passed its boot test and the digest of
 its bytes.
 
-Publishing an image into a lab never writes a byte twice: the blob is already in the store, and the
-lab's region gets it through `Regions.replicate` (reflink or hardlink on one filesystem; a lab in
-another region gets a verified replica there, which lifts Azure's same-region restriction). The
-catalog row is written only after the region holds complete, verified bytes, in one transaction, so
-a lab never lists an incomplete image and a killed publish is finished by publishing again.
-
-Publishing is two halves so that many publishes can share one transaction: `prepare_image` checks
-the request and puts the bytes in the lab's region (the slow, parallel part), `commit_images` lists
-any number of prepared images in one write transaction (one fsync for all of them). A prepared
-image is only a promise that its bytes are in place; nothing lists it until it is committed.
-`publish_image` is one of each.
+The store keeps the rows; publishing into a lab (putting the bytes in the lab's region first) is
+kiln.distribute.labs. `commit_images` is the store's half: it lists any number of images whose
+bytes are in place in one write transaction (one fsync for all of them), each with its own
+outcome, so a lab never lists an incomplete image and a killed publish is finished by publishing
+again.
 """
 
 from __future__ import annotations
@@ -30,10 +24,9 @@ from typing import Any
 
 from kiln import ids
 from kiln.errors import InvalidInput, KilnError, NotFound
-from kiln.events import Monitor, NullMonitor
 from kiln.ids import ResourceId
-from kiln.store.blobs import Blob, BlobStore, DiskRef
-from kiln.store.common import OS_STATES, OS_TYPES, choice, dumps
+from kiln.store.blobs import BlobStore, DiskRef
+from kiln.store.common import dumps
 from kiln.store.db import Catalog, now
 from kiln.store.regions import Regions
 
@@ -250,38 +243,10 @@ class Labs:
             db.execute("DELETE FROM lab_custom_images WHERE key = ?", (found.id.key,))
         return found
 
-    def prepare_image(
-        self,
-        lab: str | ResourceId | Lab,
-        name: str,
-        blob: Blob,
-        *,
-        os_type: str = "Linux",
-        os_state: str = "Generalized",
-        description: str = "",
-        author: str = AUTHOR,
-        image_path: str = "",
-        boot_tested: bool = False,
-        source: str = "",
-        tags: dict[str, str] | None = None,
-        created: float | None = None,
-        monitor: Monitor | None = None,
-    ) -> PendingImage:
-        """Check a publish and put `blob` in the lab's region (verified, never copied twice); the
-        lab lists it only once `commit_images` has written its row. An image of that name with
-        other content is refused here (and again, under the write lock, at commit)."""
-        found = lab if isinstance(lab, Lab) else self.get(lab)
-        rid = found.id.child("customimages", check_image_name(name))
-        pending = PendingImage(rid, found, blob.digest, choice(os_type, OS_TYPES, "os type"),
-                               choice(os_state, OS_STATES, "os state"), description, author, image_path,
-                               boot_tested, source, dict(tags or {}), created if created is not None else now())
-        row = self.catalog.one("SELECT digest FROM lab_custom_images WHERE key = ?", (rid.key,))
-        if row is not None:
-            if row["digest"] != blob.digest:
-                raise _taken(rid)
-            return pending  # listed already: commit has nothing to do, and the region has the bytes
-        self.regions.replicate(blob, found.location, monitor or NullMonitor())
-        return pending
+    def listed_digest(self, image: ResourceId) -> str | None:
+        """The digest a lab lists under this custom image id, or None if it lists none."""
+        row = self.catalog.one("SELECT digest FROM lab_custom_images WHERE key = ?", (image.key,))
+        return row["digest"] if row is not None else None
 
     def commit_images(self, pending: Sequence[PendingImage]) -> list[KilnError | None]:
         """List prepared images, all in one write transaction. Each gets its own outcome (None: it
@@ -292,7 +257,7 @@ class Labs:
             for p in pending:
                 row = db.execute("SELECT digest FROM lab_custom_images WHERE key = ?", (p.id.key,)).fetchone()
                 if row is not None:
-                    outcomes.append(None if row["digest"] == p.digest else _taken(p.id))
+                    outcomes.append(None if row["digest"] == p.digest else image_taken(p.id))
                 elif db.execute("SELECT 1 FROM labs WHERE key = ?", (p.lab.id.key,)).fetchone() is None:
                     outcomes.append(NotFound(f"lab {p.lab.id} was deleted while its image was published"))
                 elif db.execute("SELECT 1 FROM blobs WHERE digest = ?", (p.digest,)).fetchone() is None:
@@ -308,35 +273,7 @@ class Labs:
                     outcomes.append(None)
         return outcomes
 
-    def publish_image(
-        self,
-        lab: str | ResourceId | Lab,
-        name: str,
-        blob: Blob,
-        *,
-        os_type: str = "Linux",
-        os_state: str = "Generalized",
-        description: str = "",
-        author: str = AUTHOR,
-        image_path: str = "",
-        boot_tested: bool = False,
-        source: str = "",
-        tags: dict[str, str] | None = None,
-        created: float | None = None,
-        monitor: Monitor | None = None,
-    ) -> LabCustomImage:
-        """Make the lab offer `blob` as custom image `name`: the lab's region gets the bytes first
-        (verified, never copied twice), then the row appears in one transaction. Publishing the same
-        blob under the same name again is a no-op; another blob under a taken name is refused."""
-        pending = self.prepare_image(lab, name, blob, os_type=os_type, os_state=os_state, description=description,
-                                     author=author, image_path=image_path, boot_tested=boot_tested, source=source,
-                                     tags=tags, created=created, monitor=monitor)
-        (error,) = self.commit_images([pending])
-        if error is not None:
-            raise error
-        return self.get_image(pending.id)
 
-
-def _taken(rid: ResourceId) -> InvalidInput:
+def image_taken(rid: ResourceId) -> InvalidInput:
     return InvalidInput(f"custom image {rid} already exists with other content",
                         hint="pick another name or delete the image first")

@@ -7,6 +7,10 @@ is "does the name exist?". A folder replica is made by reflink where the filesys
 hardlink when R is on the blob store's filesystem, else a sparse copy that is verified before it is
 renamed into place. The `replicas` table records which (region, digest) pairs exist; gc removes
 replicas nothing references.
+
+`replicate` is a blob primitive (bytes placed atomically, then their row), not a publish: which
+regions a managed image, a gallery version or a lab image needs, and when its row may appear,
+is kiln.distribute's to decide (`Galleries.add_version` refuses a row a target region lacks).
 """
 
 from __future__ import annotations

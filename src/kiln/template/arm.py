@@ -19,7 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+from kiln.ids import NULL_SUBSCRIPTION
+
+DEFAULT_SUBSCRIPTION = NULL_SUBSCRIPTION
 DEFAULT_RESOURCE_GROUP = "kiln"
 DEFAULT_LOCATION = "westus2"
 

@@ -1,7 +1,12 @@
 """JSON Schema validation of an image template, with messages a person can act on.
 
-The schema (`imagetemplate.schema.json`, shipped in the package, Draft 2020-12) describes the
-2025-10-01 REST shape. Every discriminated union (source, customizer, validator, distributor,
+The schema (Draft 2020-12) describes the 2025-10-01 REST shape. It is built from two places: the
+step types' own schemas, declared beside their code and registered in `kiln.customizers` (the
+items of `customize` and `inVMValidations`), and `imagetemplate.base.json`, everything else. The
+whole is published as `imagetemplate.schema.json` (shipped in the package, for editors and other
+tools); `write_published()` rewrites it after a step's schema changes (`.venv/bin/python -c
+"from kiln.template.schema import write_published; write_published()"`), and a test checks it is
+what validation uses. Every discriminated union (source, customizer, validator, distributor,
 versioning) lists its allowed `type` values and picks its subschema with `if`/`then`, so a Shell
 step with a typo is reported at `.customize[2].scirptUri`, not as "is not valid under any of the
 given schemas". All errors are collected (`iter_errors`), each turned into a `Finding`: a path into
@@ -17,13 +22,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any, cast
+from pathlib import Path
+from typing import Any
 
 import jsonschema
 
+from kiln.customizers.base import CustomizerType
+from kiln.customizers.registry import step_types, validator_types
 from kiln.template.paths import JsonPath
 
-SCHEMA_FILE = "imagetemplate.schema.json"
+SCHEMA_FILE = "imagetemplate.schema.json"  # published: the built schema, written by `write_published`
+BASE_FILE = "imagetemplate.base.json"  # the template without its steps
 
 
 @dataclass(frozen=True)
@@ -38,9 +47,60 @@ class Finding:
 
 @cache
 def schema() -> dict[str, Any]:
-    """The published JSON Schema of an image template."""
-    text = resources.files("kiln.template").joinpath(SCHEMA_FILE).read_text()
-    return cast(dict[str, Any], json.loads(text))
+    """The JSON Schema of an image template: the base file with the registered step types put in."""
+    base = json.loads(resources.files("kiln.template").joinpath(BASE_FILE).read_text())
+    base.pop("$comment", None)
+    kinds = step_types()
+    steps = {
+        "Customizer": _union("a customization step", kinds),
+        **{_def_name(k): _step_def(k) for k in kinds},
+        "InVMValidator": _union("an in-VM validation step", validator_types()),
+    }
+    defs: dict[str, Any] = {}
+    for name, sub in base["$defs"].items():
+        if name == "Distributor":  # where the steps' definitions sit in the published file
+            defs.update(steps)
+        defs[name] = sub
+    return {**base, "$defs": defs}
+
+
+def _def_name(kind: CustomizerType) -> str:
+    return f"{kind.type}Step"
+
+
+def _step_def(kind: CustomizerType) -> dict[str, Any]:
+    # A step schema is a document of its own (its "$defs" say what "#/$defs/int32" is); inside the
+    # template schema the same references resolve to the template's own $defs.
+    return {k: v for k, v in kind.schema.items() if k not in ("$schema", "$defs")}
+
+
+def _union(what: str, kinds: tuple[CustomizerType, ...]) -> dict[str, Any]:
+    """A list item that picks its step type's schema by `type` (if/then: errors point inside the step)."""
+    names = [k.type for k in kinds]
+    description = f"{what}: {', '.join(names[:-1])} or {names[-1]}"
+    return {
+        "type": "object",
+        "description": description,
+        "required": ["type"],
+        "properties": {"type": {"enum": names, "description": description}},
+        "allOf": [
+            {"if": {"properties": {"type": {"const": k.type}}, "required": ["type"]},
+             "then": {"$ref": f"#/$defs/{_def_name(k)}"}}
+            for k in kinds
+        ],
+    }
+
+
+def published_text() -> str:
+    """The built schema as `imagetemplate.schema.json` holds it."""
+    return json.dumps(schema(), indent=1) + "\n"
+
+
+def write_published() -> Path:
+    """Rewrite the shipped `imagetemplate.schema.json` from the built schema (a source checkout only)."""
+    path = Path(__file__).with_name(SCHEMA_FILE)
+    path.write_text(published_text())
+    return path
 
 
 @cache

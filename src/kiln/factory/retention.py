@@ -10,8 +10,9 @@ on the catalog and the configuration, and deleting part of it does not change th
 retire killed halfway is finished by running it again, ending where an uninterrupted run would.
 
 `cleanup` removes build leftovers: work directories of runs that are no longer running (unless the
-run was kept on purpose: errorHandling `abort`, `--keep-work`, or a `.kiln-keep` file inside),
-staging images of runs that failed, then unreferenced bytes (`kiln gc`).
+directory holds the keep marker, `kiln.pipeline.context.KEEP_MARKER`, which the pipeline writes
+when it keeps a run's work on purpose: errorHandling `abort`, `--keep-work`; a user can drop one
+in by hand), staging images of runs that failed, then unreferenced bytes (`kiln gc`).
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ from kiln.errors import InvalidInput
 from kiln.events import Monitor
 from kiln.factory.build import staging_images
 from kiln.factory.config import Factory
+from kiln.pipeline.context import KEEP_MARKER
 from kiln.store.labs import Lab, LabCustomImage
-
-KEEP_MARKER = ".kiln-keep"
-KEPT_LOG_LINE = "work directory kept:"  # what the build pipeline logs when it keeps a work dir
 
 
 @dataclass(frozen=True)
@@ -102,13 +101,8 @@ class CleanupReport:
                 "bytesFreed": self.bytes_freed}
 
 
-def _kept(work: Path, log_path: str) -> bool:
-    if (work / KEEP_MARKER).exists():
-        return True
-    try:
-        return KEPT_LOG_LINE in Path(log_path).read_text(errors="replace") if log_path else False
-    except OSError:
-        return False
+def _kept(work: Path) -> bool:
+    return (work / KEEP_MARKER).exists()
 
 
 def _size(path: Path) -> int:
@@ -133,12 +127,12 @@ def cleanup(store, factory_lab: Lab | None, monitor: Monitor, *, dry_run: bool =
         if run is not None:
             if run.run_state in ("Running", "Canceling"):
                 continue
-            if _kept(entry, run.log_path):
+            if _kept(entry):
                 report.kept.append(str(entry))
                 continue
-        elif running or (entry / KEEP_MARKER).exists():
+        elif running or _kept(entry):
             # Not a run's folder (a customizer's staging area, a VM's scratch): only when no build is live.
-            if (entry / KEEP_MARKER).exists():
+            if _kept(entry):
                 report.kept.append(str(entry))
             continue
         report.bytes_freed += _size(entry)

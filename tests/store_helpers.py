@@ -1,4 +1,4 @@
-"""Helpers shared by the store and distribute tests.
+"""Helpers shared by the store, distribute and factory tests (their disk fixtures are in tests/conftest.py).
 
 `make_disk` makes small real disks: a sparse raw file with a GPT (sgdisk) and an ext4 filesystem
 written with `mkfs.ext4 -d` into its partition. Not bootable; these tests do not need that.
@@ -20,7 +20,7 @@ import pytest
 
 from envcheck import unavailable
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 KILN = [sys.executable, "-m", "kiln"]
 
 SECTOR = 512

@@ -1,0 +1,62 @@
+"""One build of an API template, in a process of its own: `python -m kiln.api.child HOME TEMPLATE_ID`.
+
+The server's executor starts it as the leader of a new process group, so canceling a build is
+one signal to the group: SIGTERM reaches the pipeline (which records the run Canceled and removes
+its work directory, as on Ctrl-C) and every program it runs at once. Events go to stdout as JSON
+lines (the same events `kiln build --progress json` prints), the first of them naming the run.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+from kiln.events import Event, JsonMonitor
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+class ServerPipe(JsonMonitor):
+    """Events to the server; if the server is gone the build goes on (a restarted server stops it)."""
+
+    def emit(self, event: Event) -> None:
+        try:
+            super().emit(event)
+        except (BrokenPipeError, ValueError):
+            pass
+
+
+def main(argv: list[str]) -> int:
+    from kiln import ids
+    from kiln.api.resources import Resources
+    from kiln.api.templates import load_body
+    from kiln.config import load_config
+    from kiln.errors import KilnError
+    from kiln.pipeline.build import build
+    from kiln.store.store import Store
+
+    signal.signal(signal.SIGTERM, _sigterm)
+    home, template_id = Path(argv[0]), ids.parse(argv[1], ids.IMAGE_TEMPLATE)
+    config = load_config(home)
+    with Store.open(config) as store:
+        resource = Resources(store.catalog).get(template_id)
+        if resource is None:
+            print(f"image template {template_id} is gone", file=sys.stderr)
+            return 2
+        try:
+            template = load_body(resource.body, template_id, config)
+            build(template, config=config, store=store, monitor=ServerPipe(sys.stdout), template_id=template_id)
+        except KilnError as e:
+            print(json.dumps({"kind": "error", "message": e.render()}), file=sys.stderr)
+            return e.exit_code
+        except KeyboardInterrupt:
+            return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
