@@ -86,7 +86,7 @@ def no_space_error(e: BaseException, places: Iterable[Path | None] = ()) -> NoSp
     what = f" while {Path(cmd[0]).name if cmd[0] not in ('setpriv', 'unshare') else _tool(cmd)} ran" if cmd else ""
     return NoSpace(
         f"no space left on the filesystem of {where}{what}: the {kind or 'filesystem'} mounted at {mnt} "
-        f"has {_mib(free)} free of {_mib(total)}",
+        f"has {_mib(free)} free of {_mib(total)} now",
         hint="free some space there (kiln gc removes unreferenced blobs and killed runs' work directories), "
              "or move KILN_HOME (the store, cache and work directories) or KILN_SCRATCH (where root trees are "
              "built) to a bigger filesystem")
