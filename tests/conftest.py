@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from corpus import REPO, conformance
-from store_helpers import azurite, disk_dir, other_disk, raw_disk  # noqa: F401 - fixtures
+from store_helpers import azurite, disk_dir, load, other_disk, raw_disk  # noqa: F401 - fixtures
 
 __all__ = ["REPO", "conformance"]
 

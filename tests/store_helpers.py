@@ -130,3 +130,23 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         shutil.rmtree(location, ignore_errors=True)
+
+
+# A CPU hog (a busy shell loop) and an I/O hog (writes, fsyncs and deletes 32 MiB over and over),
+# so the kill tests run on a loaded machine, where the windows between two steps of a commit
+# protocol are wide enough for a kill to land in them (as on a busy CI host).
+_CPU_HOG = "while :; do :; done"
+_IO_HOG = 'while :; do dd if=/dev/zero of="$1" bs=1M count=32 conv=fsync status=none; rm -f "$1"; done'
+
+
+@pytest.fixture
+def load(tmp_path: Path) -> Iterator[None]:
+    hogs = [subprocess.Popen(["sh", "-c", _CPU_HOG]),
+            subprocess.Popen(["sh", "-c", _IO_HOG, "io-hog", str(tmp_path / "io-hog.bin")])]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.send_signal(signal.SIGKILL)
+            hog.wait()
+        (tmp_path / "io-hog.bin").unlink(missing_ok=True)

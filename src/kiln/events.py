@@ -131,11 +131,17 @@ class LogFile(Monitor):
         else:
             text = f"[{event.kind}] {event.name} {event.message}"
         with self._lock:
-            self._fh.write(f"{stamp} {text.rstrip()}\n")
-            self._fh.flush()
+            try:
+                self._fh.write(f"{stamp} {text.rstrip()}\n")
+                self._fh.flush()
+            except OSError:  # a full disk: the line is lost, but the run goes on to fail (or not) on its own
+                pass
 
     def close(self) -> None:
-        self._fh.close()
+        try:
+            self._fh.close()
+        except OSError:
+            pass
 
 
 class RunMonitor(Monitor):

@@ -366,14 +366,16 @@ def register_misc(cli: click.Group) -> None:
     @json_option
     @pass_app
     def gc_cmd(app: App, as_json: bool) -> None:
-        """Remove blobs and replicas nothing references (never one a live run uses) and leftover temp files."""
+        """Remove blobs and replicas nothing references (never one a live run uses), leftover temp files and
+        the work directories of killed runs (unless they hold a .kiln-keep file)."""
         with open_store(app) as store:
             report = store.gc(make_monitor(app))
             if as_json:
                 print_json(report.to_json())
             else:
                 click.echo(f"removed {len(report.blobs)} blob(s), {len(report.replicas)} replica(s), "
-                           f"{len(report.temp_files)} temporary file(s); freed {_size(report.bytes_freed)}")
+                           f"{len(report.temp_files)} temporary file(s), {len(report.work_dirs)} work dir(s) of killed runs; "
+                           f"freed {_size(report.bytes_freed)}")
 
     @cli.group("store")
     def store_group() -> None:

@@ -24,6 +24,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from kiln.config import Config
+from kiln.diskfull import build_places, explain_no_space, no_space_error
 from kiln.errors import BuildFailed, Canceled, HostFailed, InvalidInput, KilnError
 from kiln.events import LogFile, Monitor, Monitors, RunMonitor
 from kiln.ids import ResourceId
@@ -93,7 +94,7 @@ def build(
     keep_work = options.keep_work
     try:
         with deadline(template.timeout_minutes * 60):
-            ctx.work.mkdir(parents=True, exist_ok=True)
+            recorder.hold_work(ctx.work)  # the lock tells gc this directory is a live run's
             recorder.sub_state("Building")
             os_type = check_supported(ctx)
             tree = resolve_source(ctx, space, os_type)
@@ -125,6 +126,7 @@ def build(
         ctx.monitor.finish("build", ok=False, message=f"Failed: {e.message}")
         raise
     except KilnError as e:
+        explain_no_space(e, build_places(ctx.work, space.scratch, config))  # a tool that ran out of room: say where, before cleanup frees it
         if e.path and not e.file:
             e.file = template.file  # a JSON path means most to the user next to its file
         if not recorder.finished:
@@ -132,6 +134,9 @@ def build(
             ctx.monitor.finish("build", ok=False, message=f"Failed: {e.message}")
         raise
     except BaseException as e:  # a bug: still record the run and clean up, then keep the traceback
+        if (full := no_space_error(e, build_places(ctx.work, space.scratch, config))) is not None:  # the host's state, not a bug
+            recorder.finish("Failed", full.message, space.outputs)
+            raise full from e
         recorder.finish("Failed", f"internal error: {e!r}", space.outputs)
         raise
     finally:

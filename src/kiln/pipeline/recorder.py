@@ -8,7 +8,9 @@ its customization.log and the serial console of its boot test.
 
 from __future__ import annotations
 
+import os
 import uuid
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from kiln.config import Config
 from kiln.ids import ResourceId
+from kiln.store import worklock
 from kiln.template.model import ImageTemplate
 
 if TYPE_CHECKING:
@@ -40,6 +43,15 @@ class RunRecorder:
         store.runs.register_template(template_id, dump_template(template))
         store.runs.create(template_id, log_path=str(log_path), run_sub_state="Queued", run_id=run_id)
         return cls(store, run_id, log_path)
+
+    def hold_work(self, work: Path) -> None:
+        """Create the run's work directory and lock it until this recorder (the build) is gone.
+
+        The lock (kiln.store.worklock) is how `kiln gc` tells a killed run's leftover directory
+        from a live one's, whatever happened to the pid.
+        """
+        fd = worklock.hold(work)
+        weakref.finalize(self, os.close, fd)
 
     def sub_state(self, name: str) -> None:
         self.store.runs.update(self.run_id, run_sub_state=name)

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import IO, Any, TypedDict
 
 from kiln.config import Config
-from kiln.errors import InvalidInput
+from kiln.diskfull import translated
+from kiln.errors import BuildFailed, InvalidInput
 from kiln.events import Monitor
 from kiln.run import CommandFailed, run, run_streamed
 from kiln.sources.mirror import SuiteRelease, fetch_release
@@ -123,6 +124,8 @@ def platform_root(source: PlatformImageSource, *, config: Config, dest: Path, mo
     lock = _KeyLock(cache / f"{key}.lock")
     try:
         entry = cache_entry(config, key)
+        for stale in cache.glob(f".partial-*-{key}"):  # a writer killed mid-copy (the live one holds this lock)
+            shutil.rmtree(stale, ignore_errors=True)
         if entry.is_dir():
             monitor.log(f"cached root {entry.name} (exactVersion {release.exact_version}): copying", name="source")
             unpack_root(entry, dest)
@@ -151,8 +154,11 @@ def _bootstrap_and_cache(recipe: Recipe, entry: Path, dest: Path, lock: _KeyLock
         bootstrap(recipe, tree, monitor, debs=debs)
         keep_debs(tree, debs)
         copy_tree(tree, dest)
-    except BaseException:
+    except BaseException as e:
+        error = translated(e, [pristine.path, dest])  # a full disk: say how full before the tree is deleted
         pristine.remove()
+        if error is not e:
+            raise error from e
         raise
 
     def write_cache() -> None:
@@ -215,9 +221,35 @@ def bootstrap(recipe: Recipe, dest: Path, monitor: Monitor, *, debs: Path | None
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         _run_logged(cmd, monitor)
-    except CommandFailed:
+    except CommandFailed as e:
         shutil.rmtree(dest, ignore_errors=True)
+        lost = mirror_lost(recipe, e)
+        if lost is not None:
+            raise lost from e
         raise
+
+
+# What apt says when it cannot get a file from the mirror.
+_FETCH_FAILED = ("Failed to fetch", "Could not connect", "Connection refused", "Unable to connect",
+                 "Connection failed", "Unable to fetch", "Temporary failure resolving", "Could not resolve")
+
+
+def mirror_lost(recipe: Recipe, e: CommandFailed) -> BuildFailed | None:
+    """A bootstrap that failed because the mirror stopped answering, as the user should read it
+    (None: it failed for another reason, and the tool's own error says more)."""
+    try:
+        fetch_release(recipe.mirror, recipe.suite)
+        now = ""
+    except InvalidInput as gone:
+        now = gone.message
+    said = [line.strip() for line in e.output.splitlines() if any(t in line for t in _FETCH_FAILED)]
+    if not now and not said:
+        return None
+    return BuildFailed(
+        f"the apt mirror {recipe.mirror} stopped serving packages during the bootstrap"
+        + (f" (now: {now})" if now else "") + ("".join(f"\n  {line}" for line in said[-3:])),
+        hint="nothing was cached; run the build again once the mirror answers (it is set by [mirrors] in "
+             "config.toml, else by the host's apt sources)")
 
 
 def keep_debs(root: Path, debs: Path) -> None:

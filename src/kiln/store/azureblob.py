@@ -109,3 +109,13 @@ def stored_digest(region: RegionConfig, digest: str) -> str | None:
         return mark
     except ResourceNotFoundError:
         return None
+
+
+def list_digests(region: RegionConfig) -> list[str]:
+    """The digests of the `<digest>.vhd` page blobs in the region's container (gc looks for orphans)."""
+    from azure.core.exceptions import AzureError
+
+    try:
+        return [b.name[:-4] for b in _container(region).list_blobs() if b.name.endswith(".vhd")]
+    except AzureError as e:
+        raise _error(region, e) from e

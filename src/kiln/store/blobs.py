@@ -196,8 +196,11 @@ class BlobStore:
                 method = "qemu-img convert"
             monitor.result("copy", message=method)
             return tmp
-        except BaseException:
+        except BaseException as e:
+            full = files.no_space(e, self.root) if isinstance(e, OSError) else None  # before the copy's room is freed
             tmp.unlink(missing_ok=True)
+            if full is not None:
+                raise full from e
             raise
 
     def _publish(self, work: Path, data_size: int | None, *, holder: str, monitor: Monitor,

@@ -152,7 +152,6 @@ def place(src: Path, dst: Path, *, verify: Callable[[Path], None] | None = None,
 
 def no_space(e: OSError, where: Path) -> KilnError | None:
     """A user-facing error for a full disk (ENOSPC/EDQUOT), or None for other errors."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return KilnError(f"no space left on the filesystem of {where}", file=str(where),
-                         hint="free some space (kiln gc removes unreferenced blobs) or move KILN_HOME")
-    return None
+    from kiln.diskfull import no_space_error
+
+    return no_space_error(OSError(e.errno, e.strerror), [where]) if e.errno in (errno.ENOSPC, errno.EDQUOT) else None

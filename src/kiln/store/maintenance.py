@@ -1,27 +1,34 @@
 """Keeping the store honest: garbage collection and the integrity check.
 
 `gc` removes what nothing needs: blobs no catalog row references and no live process leases,
-replicas of such blobs in folder and Azure regions, expired leases (their process is gone), and
-temporary `.unverified` files left by killed processes (their name carries the owner's pid). It
-works under the catalog's write lock, so no process can start referencing a blob while gc decides
-to delete it (a publisher leases a blob before it makes it visible).
+replicas of such blobs in folder and Azure regions, expired leases (their process is gone),
+temporary `.unverified` files left by killed processes (their name carries the owner's pid), and
+the work directories of killed runs (their lock is free, see kiln.store.worklock) unless they
+hold a `.kiln-keep` file. It works under the catalog's write lock, so no process can start
+referencing a blob while gc decides to delete it (a publisher leases a blob before it makes it
+visible). The order is always: commit the rows' deletion, then delete the bytes. A gc killed in
+between leaves files no row references, which the next gc finds on disk and takes; the other
+order would leave a row whose bytes are gone.
 
 `check` is what "the catalog is consistent" means, and what the kill tests assert after every kill:
 every referenced blob has a row and a complete file whose bytes match its digest; every image and
 gallery version has its replicas; no blob file is visible under a final name without being
-complete (verified by re-hashing); runs refer to templates that exist.
+complete (verified by re-hashing); runs refer to templates that exist. It also reports killed
+runs' leftover work directories (gc removes them).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln.events import Monitor, NullMonitor
-from kiln.store import files
+from kiln.pipeline.context import KEEP_MARKER
+from kiln.store import files, worklock
 from kiln.store.blobs import BlobCorrupt, pid_alive
 
 if TYPE_CHECKING:
@@ -33,12 +40,13 @@ class GcReport:
     blobs: list[str] = field(default_factory=list)
     replicas: list[str] = field(default_factory=list)
     temp_files: list[str] = field(default_factory=list)
+    work_dirs: list[str] = field(default_factory=list)
     leases: int = 0
     bytes_freed: int = 0
 
     def to_json(self) -> dict:
         return {"blobs": self.blobs, "replicas": self.replicas, "tempFiles": self.temp_files,
-                "expiredLeases": self.leases, "bytesFreed": self.bytes_freed}
+                "workDirs": self.work_dirs, "expiredLeases": self.leases, "bytesFreed": self.bytes_freed}
 
 
 def _referenced(store: Store) -> tuple[set[str], set[tuple[str, str]]]:
@@ -85,61 +93,158 @@ def _owner_gone(path: Path) -> bool:
 
 
 def gc(store: Store, monitor: Monitor | None = None) -> GcReport:
+    """Forget, then delete: rows go in one committed transaction, bytes only after it.
+
+    A kill at any instant leaves at worst a file that no row references, which the next gc takes
+    (phase 2 looks at what is on disk, not at what phase 1 decided). The other order would leave
+    a row whose bytes are gone, which no later run can repair.
+    """
     monitor = monitor or NullMonitor()
     report = GcReport()
     monitor.step("gc")
     with store.catalog.write() as db:
-        leases = db.execute("SELECT id, digest, pid, pid_start FROM leases").fetchall()
-        live = set()
-        for r in leases:
-            if pid_alive(r["pid"], r["pid_start"]):
-                live.add(r["digest"])
-            else:
+        for r in db.execute("SELECT id, pid, pid_start FROM leases").fetchall():
+            if not pid_alive(r["pid"], r["pid_start"]):
                 db.execute("DELETE FROM leases WHERE id = ?", (r["id"],))
                 report.leases += 1
+        live = _live_leases(db)
         digests, needed_replicas = _referenced(store)
         keep = digests | live
         for r in db.execute("SELECT region, digest FROM replicas").fetchall():
-            if r["digest"] in live or (r["region"], r["digest"]) in needed_replicas:
-                continue
+            if r["digest"] not in live and (r["region"], r["digest"]) not in needed_replicas:
+                db.execute("DELETE FROM replicas WHERE region = ? AND digest = ?", (r["region"], r["digest"]))
+                report.replicas.append(f"{r['region']}/{r['digest']}")
+        for r in db.execute("SELECT digest FROM blobs").fetchall():
+            if r["digest"] not in keep:
+                db.execute("DELETE FROM replicas WHERE digest = ?", (r["digest"],))
+                db.execute("DELETE FROM blobs WHERE digest = ?", (r["digest"],))
+                report.blobs.append(r["digest"])
+    _delete_unreferenced_bytes(store, report, monitor)
+    for p in _temp_files(store):
+        if _owner_gone(p):
             try:
-                region = store.regions.get(r["region"])
-            except Exception:
-                region = None
-            if region is not None and region.kind == "folder":
-                p = store.regions.replica_path(region, r["digest"])
-                if p.exists() and p.stat().st_nlink == 1:
-                    report.bytes_freed += p.stat().st_blocks * 512
-                p.unlink(missing_ok=True)
-            elif region is not None:
-                from kiln.store import azureblob
-
-                azureblob.delete_vhd(r["digest"], region)
-            db.execute("DELETE FROM replicas WHERE region = ? AND digest = ?", (r["region"], r["digest"]))
-            report.replicas.append(f"{r['region']}/{r['digest']}")
-        rows = {r["digest"] for r in db.execute("SELECT digest FROM blobs").fetchall()}
-        on_disk = {p.name[:-4]: p for p in store.blobs.root.glob("??/*.vhd")}
-        for digest in (rows | set(on_disk)) - keep:
-            p = on_disk.get(digest)
-            if p is not None:
-                st = p.stat()
-                if st.st_nlink == 1:
-                    report.bytes_freed += st.st_blocks * 512
+                report.bytes_freed += p.stat().st_blocks * 512
                 p.unlink()
-            db.execute("DELETE FROM replicas WHERE digest = ?", (digest,))
-            db.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
-            report.blobs.append(digest)
-        for p in _temp_files(store):
-            if _owner_gone(p):
-                try:
-                    report.bytes_freed += p.stat().st_blocks * 512
-                    p.unlink()
-                    report.temp_files.append(str(p))
-                except FileNotFoundError:
-                    pass
+                report.temp_files.append(str(p))
+            except FileNotFoundError:
+                pass
+    _reclaim_work_dirs(store, report)
     monitor.result("gc", message=f"{len(report.blobs)} blob(s), {len(report.replicas)} replica(s), "
-                                 f"{len(report.temp_files)} temp file(s)")
+                                 f"{len(report.temp_files)} temp file(s), {len(report.work_dirs)} work dir(s)")
     return report
+
+
+def _live_leases(db) -> set[str]:
+    return {r["digest"] for r in db.execute("SELECT digest, pid, pid_start FROM leases").fetchall()
+            if pid_alive(r["pid"], r["pid_start"])}
+
+
+def _freed(p: Path) -> int:
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return 0
+    return st.st_blocks * 512 if st.st_nlink == 1 else 0  # a hardlinked replica frees nothing until the last name
+
+
+def _delete_unreferenced_bytes(store: Store, report: GcReport, monitor: Monitor) -> None:
+    """Delete blob and replica files no row references (this gc's or a killed gc's leftovers).
+
+    Under the write lock, though nothing is written: a publisher leases a digest (a write) before
+    it looks for the digest's file, so no file can gain a user while it is being deleted here.
+    """
+    with store.catalog.write() as db:
+        live = _live_leases(db)
+        blob_rows = {r["digest"] for r in db.execute("SELECT digest FROM blobs").fetchall()}
+        replica_rows = {(r["region"], r["digest"]) for r in db.execute("SELECT region, digest FROM replicas").fetchall()}
+        for p in sorted(store.blobs.root.glob("??/*.vhd")):
+            digest = p.name[:-4]
+            if digest not in blob_rows and digest not in live:
+                report.bytes_freed += _freed(p)
+                p.unlink(missing_ok=True)
+                if digest not in report.blobs:
+                    report.blobs.append(digest)
+        for region in store.config.regions:
+            key = region.name.lower()
+            if region.kind == "folder":
+                found = sorted(Path(region.path).glob("*.vhd")) if Path(region.path).is_dir() else []
+                names = {p.name[:-4]: p for p in found}
+            elif region.kind == "azureblob":
+                names = _azure_names(region, monitor)
+            else:
+                continue
+            for digest, p in names.items():
+                if (key, digest) in replica_rows or digest in live or not _is_digest(digest):
+                    continue
+                if region.kind == "folder":
+                    report.bytes_freed += _freed(p)
+                    p.unlink(missing_ok=True)
+                else:
+                    _azure_delete(region, digest, monitor)
+                if f"{key}/{digest}" not in report.replicas:
+                    report.replicas.append(f"{key}/{digest}")
+
+
+def _is_digest(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+def _azure_names(region, monitor: Monitor) -> dict[str, None]:
+    from kiln.errors import KilnError
+    from kiln.store import azureblob
+
+    try:
+        return dict.fromkeys(azureblob.list_digests(region))
+    except KilnError as e:  # its catalog is already right; its leftovers wait for a gc that reaches it
+        monitor.log(f"gc: {e.message} (its unreferenced page blobs stay until the next gc)")
+        return {}
+
+
+def _azure_delete(region, digest: str, monitor: Monitor) -> None:
+    from kiln.errors import KilnError
+    from kiln.store import azureblob
+
+    try:
+        azureblob.delete_vhd(digest, region)
+    except KilnError as e:
+        monitor.log(f"gc: {e.message} (the page blob {digest}.vhd stays until the next gc)")
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for p in path.rglob("*"):
+        try:
+            st = p.lstat()
+        except OSError:
+            continue
+        if st.st_nlink == 1 or p.is_dir():
+            total += st.st_blocks * 512
+    return total
+
+
+def leftover_work_dirs(store: Store) -> list[tuple[Path, int]]:
+    """(directory, bytes used) of work directories whose run's process is gone and that are not kept."""
+    found = []
+    for work, fd in worklock.dead_work_dirs(store.config.work_dir):
+        try:
+            if not (work / KEEP_MARKER).exists():
+                found.append((work, _dir_size(work)))
+        finally:
+            os.close(fd)
+    return found
+
+
+def _reclaim_work_dirs(store: Store, report: GcReport) -> None:
+    """Remove the work directories of runs that were killed (their lock is free), unless kept on purpose."""
+    for work, fd in worklock.dead_work_dirs(store.config.work_dir):
+        try:  # holding the dead run's lock: nobody else decides about this directory meanwhile
+            if (work / KEEP_MARKER).exists():
+                continue
+            report.bytes_freed += _dir_size(work)
+            shutil.rmtree(work, ignore_errors=True)
+            report.work_dirs.append(str(work))
+        finally:
+            os.close(fd)
 
 
 def check(store: Store, *, verify_data: bool = True) -> list[str]:
@@ -190,6 +295,9 @@ def check(store: Store, *, verify_data: bool = True) -> list[str]:
                     store.blobs.verify_file(p, digest, blob_rows[digest]["virtual_size"])
                 except BlobCorrupt as e:
                     problems.append(f"region {region.name}: {e.message}")
+    for work, used in leftover_work_dirs(store):
+        problems.append(f"work directory {work} ({used >> 20} MiB) belongs to a run whose process is gone: "
+                        "kiln gc removes it (a .kiln-keep file in it keeps it)")
     for r in db.query("SELECT run_id, template_key FROM runs"):
         if db.one("SELECT 1 FROM image_templates WHERE key = ?", (r["template_key"],)) is None:
             problems.append(f"run {r['run_id']} refers to template {r['template_key']}, which is not registered")

@@ -98,9 +98,10 @@ class Regions:
     def remove(self, region_name: str, digest: str) -> None:
         """Delete a replica (gc only: the caller has checked that nothing references it)."""
         region = self.get(region_name)
+        # The row goes first: killed in between, a file without a row is left (gc takes it), never a row without bytes.
+        with self.catalog.write() as db:
+            db.execute("DELETE FROM replicas WHERE region = ? AND digest = ?", (region.name.lower(), digest))
         if region.kind == "azureblob":
             azureblob.delete_vhd(digest, region)
         else:
             self.replica_path(region, digest).unlink(missing_ok=True)
-        with self.catalog.write() as db:
-            db.execute("DELETE FROM replicas WHERE region = ? AND digest = ?", (region.name.lower(), digest))
