@@ -18,8 +18,8 @@ import pytest
 
 from kiln.config import load_config
 from kiln.factory import DEFAULT_FACTORY_LAB, distribute_images, ensure_lab, load_factory, target_labs
-from kiln.pipeline.context import KEEP_MARKER
 from kiln.store import Store
+from kiln.store.worklock import KEEP_MARKER
 
 from .conftest import (
     PATHS,

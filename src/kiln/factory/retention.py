@@ -10,7 +10,7 @@ on the catalog and the configuration, and deleting part of it does not change th
 retire killed halfway is finished by running it again, ending where an uninterrupted run would.
 
 `cleanup` removes build leftovers: work directories of runs that are no longer running (unless the
-directory holds the keep marker, `kiln.pipeline.context.KEEP_MARKER`, which the pipeline writes
+directory holds the keep marker, `kiln.store.worklock.KEEP_MARKER`, which the pipeline writes
 when it keeps a run's work on purpose: errorHandling `abort`, `--keep-work`; a user can drop one
 in by hand), staging images of runs that failed, then unreferenced bytes (`kiln gc`).
 """
@@ -25,8 +25,8 @@ from kiln.errors import InvalidInput
 from kiln.events import Monitor
 from kiln.factory.build import staging_images
 from kiln.factory.config import Factory
-from kiln.pipeline.context import KEEP_MARKER
 from kiln.store.labs import Lab, LabCustomImage
+from kiln.store.worklock import KEEP_MARKER
 
 
 @dataclass(frozen=True)

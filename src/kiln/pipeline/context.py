@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from kiln.config import Config
 from kiln.events import Monitor
 from kiln.ids import ResourceId
+from kiln.store.worklock import KEEP_MARKER
 from kiln.template.model import ImageTemplate
 
 if TYPE_CHECKING:
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
     from kiln.store.store import Store
     from kiln.validate.boottest import BootReport
 
-KEEP_MARKER = ".kiln-keep"  # in a run's work directory: kept on purpose (errorHandling abort, --keep-work)
+__all__ = ["KEEP_MARKER", "BuildContext", "BuildOptions", "BuildOutcome", "Disk", "SourceTree", "Validation",
+           "Workspace"]
 
 
 @dataclass(frozen=True, kw_only=True)

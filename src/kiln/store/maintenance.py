@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln.events import Monitor, NullMonitor
-from kiln.pipeline.context import KEEP_MARKER
 from kiln.store import files, worklock
 from kiln.store.blobs import BlobCorrupt, pid_alive
+from kiln.store.worklock import KEEP_MARKER
 
 if TYPE_CHECKING:
     from kiln.store.store import Store

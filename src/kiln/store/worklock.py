@@ -4,6 +4,8 @@ A build holds an exclusive flock on `<work>/.kiln-lock` from the moment its work
 until its process exits. The kernel drops the lock when the process dies, however it dies (kill -9
 included), and a lock is tied to an open file, not to a pid, so a reused pid can never make a dead
 run look alive. gc takes the lock itself before it removes a directory: if it can, the owner is gone.
+A directory that also holds `KEEP_MARKER` was kept on purpose and is never removed by gc or
+`kiln factory cleanup`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 LOCK_NAME = ".kiln-lock"
+KEEP_MARKER = ".kiln-keep"  # a run's work directory kept on purpose (errorHandling abort, --keep-work)
 
 
 def hold(work: Path) -> int:
