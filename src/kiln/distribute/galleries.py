@@ -11,7 +11,7 @@ another blob is an error, raised before anything is written.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,6 +75,7 @@ def publish_version_from(store: Store, version_id: str, *, disk: Path | None = N
     targets = [RegionTarget(store.regions.get(r).name) for r in regions]
     if not targets:
         targets = [RegionTarget(store.galleries.get(d.id.parent()).location)]
+    digest: Callable[[], str | None]
     if disk is not None:
         from kiln.disk import formats
         from kiln.store.blobs import content_digest
