@@ -83,7 +83,7 @@ def publish_version_from(store: Store, version_id: str, *, disk: Path | None = N
         info = formats.detect(disk)  # a file that is no disk is refused first
         digest = lambda: content_digest(disk, info)  # noqa: E731 - hashed only if the version exists
     else:
-        image = store.images.get(image_id)  # type: ignore[arg-type]
+        image = store.images.get(image_id)  # type: ignore[arg-type]  # set: exactly one of the two, checked above
         digest = lambda: image.digest  # noqa: E731
     existing = next((v for v in store.galleries.list_versions(d.id) if v.version == ".".join(map(str, number))), None)
     if existing is not None and digest() != existing.digest:
