@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from kiln.cli import App, pass_app
 from kiln.cli.common import make_monitor, open_store, print_json, print_table
 from kiln.cli.validate_cmds import parse_parameters
+
+if TYPE_CHECKING:
+    from kiln.store.runs import Run
 
 
 @click.command("build")
@@ -37,7 +41,7 @@ def build_cmd(app: App, template: Path, parameters: tuple[str, ...], no_validate
             print_run(run, as_json)
 
 
-def print_run(run, as_json: bool) -> None:
+def print_run(run: Run, as_json: bool) -> None:
     data = run.to_json()
     if as_json:
         print_json(data)

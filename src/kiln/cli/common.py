@@ -23,7 +23,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 
@@ -33,12 +33,14 @@ if TYPE_CHECKING:
     from kiln.events import Monitor
     from kiln.store import Store
 
+F = TypeVar("F", bound=Callable[..., Any])  # a command function, typed as it was through a decorator
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 DEFAULT_LOCATION_HELP = "the first configured region"  # kiln.config.Config.default_location
 
 
-def location_option(what: str = "Region"):
+def location_option(what: str = "Region") -> Callable[[F], F]:
     """`--location`, with the one documented default (None here; `location or config.default_location`)."""
     return click.option("--location", default=None, help=f"{what} (default: {DEFAULT_LOCATION_HELP}).")
 

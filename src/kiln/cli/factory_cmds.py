@@ -18,12 +18,13 @@ their order are kiln.factory.run's; this module parses options and prints.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from kiln.cli import App, pass_app
 from kiln.cli.common import (
+    F,
     emit,
     json_option,
     location_option,
@@ -34,10 +35,15 @@ from kiln.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from kiln.factory.build import BuildReport, SavedImage
+    from kiln.factory.config import Factory
+    from kiln.factory.distribute import DistributionReport
+    from kiln.factory.retention import CleanupReport, Retirement
     from kiln.factory.run import FactorySession
+    from kiln.pipeline.context import BuildOptions
 
 
-def _factory_lab_opt(f):
+def _factory_lab_opt(f: F) -> F:
     from kiln.factory import DEFAULT_FACTORY_LAB
 
     f = location_option("Region of the factory lab when it is created")(f)
@@ -45,7 +51,7 @@ def _factory_lab_opt(f):
                         help="The factory lab's id (golden images are saved there).")(f)
 
 
-def _artifact_opt(f):
+def _artifact_opt(f: F) -> F:
     return click.option("--artifact-repo", "artifact_repos", multiple=True, type=click.Path(path_type=Path),
                         help="A DevTest Labs artifact repository folder (default: CONFIG_DIR/Artifacts). Repeatable.")(f)
 
@@ -58,7 +64,7 @@ def _session(app: App, factory_lab: str, location: str | None) -> FactorySession
                           location or app.config.default_location, make_monitor(app))
 
 
-def _load(app: App, config_dir: Path, artifact_repos: tuple[Path, ...], session: FactorySession):
+def _load(app: App, config_dir: Path, artifact_repos: tuple[Path, ...], session: FactorySession) -> Factory:
     from kiln.factory import load_factory
 
     return load_factory(config_dir, app.config, artifact_repos=tuple(p.absolute() for p in artifact_repos),
@@ -71,15 +77,15 @@ class Printer:
     def __init__(self, as_json: bool = False) -> None:
         self.as_json = as_json
 
-    def built(self, report: Any) -> None:
+    def built(self, report: BuildReport) -> None:
         for r in report.results:
             click.echo(f"{'built ' if r.ok else 'FAILED'} {r.image_path}  {r.staging_image or r.error.splitlines()[0]}")
 
-    def saved(self, saved: list[Any]) -> None:
+    def saved(self, saved: list[SavedImage]) -> None:
         for s in saved:
             click.echo(f"saved {s.custom_image}  ({s.image_path}{'' if s.boot_tested else ', NOT boot-tested'})")
 
-    def distributed(self, report: Any) -> None:
+    def distributed(self, report: DistributionReport) -> None:
         if self.as_json:
             print_json(report.to_json())
             return
@@ -88,7 +94,7 @@ class Printer:
         for label, error in report.failed:
             click.echo(f"FAILED {label}: {error}")
 
-    def retiring(self, plan: list[Any], dry_run: bool) -> None:
+    def retiring(self, plan: list[Retirement], dry_run: bool) -> None:
         if self.as_json:
             print_json({"dryRun": dry_run, "retire": [r.to_json() for r in plan]})
             return
@@ -97,7 +103,7 @@ class Printer:
         if not plan:
             click.echo("nothing to retire")
 
-    def cleaned(self, report: Any, dry_run: bool) -> None:
+    def cleaned(self, report: CleanupReport, dry_run: bool) -> None:
         if self.as_json:
             print_json({"dryRun": dry_run, **report.to_json()})
             return
@@ -111,7 +117,7 @@ class Printer:
         click.echo(f"{report.bytes_freed / (1 << 20):.1f} MiB freed" if not dry_run else "dry run: nothing removed")
 
 
-def _build_options(no_validate: bool, boot_timeout: float):
+def _build_options(no_validate: bool, boot_timeout: float) -> BuildOptions:
     from kiln.pipeline.context import BuildOptions
 
     return BuildOptions(validate=not no_validate, boot_timeout_s=boot_timeout)
@@ -135,7 +141,8 @@ def register_factory(cli: click.Group) -> None:
     @_factory_lab_opt
     @json_option
     @pass_app
-    def validate(app: App, config_dir: Path, artifact_repos, factory_lab, location, as_json: bool) -> None:
+    def validate(app: App, config_dir: Path, artifact_repos: tuple[Path, ...], factory_lab: str, location: str | None,
+                 as_json: bool) -> None:
         """Check CONFIG_DIR (golden images, artifacts, Labs.json): every problem at once, exit 2."""
         from kiln.errors import ValidationFailed
 
@@ -164,7 +171,8 @@ def register_factory(cli: click.Group) -> None:
     @_artifact_opt
     @_factory_lab_opt
     @pass_app
-    def build(app: App, config_dir: Path, jobs, no_validate, boot_timeout, artifact_repos, factory_lab, location) -> None:
+    def build(app: App, config_dir: Path, jobs: int | None, no_validate: bool, boot_timeout: float,
+              artifact_repos: tuple[Path, ...], factory_lab: str, location: str | None) -> None:
         """Build every golden image (default one at a time) into a staging image that `factory save` saves."""
         from kiln.factory.run import build_images, raise_for_build_failures
 
@@ -177,7 +185,7 @@ def register_factory(cli: click.Group) -> None:
     @factory.command("save")
     @_factory_lab_opt
     @pass_app
-    def save(app: App, factory_lab, location) -> None:
+    def save(app: App, factory_lab: str, location: str | None) -> None:
         """Save built images into the factory lab as custom images (factory naming, no byte copied)."""
         from kiln.factory.run import save_built
 
@@ -192,8 +200,8 @@ def register_factory(cli: click.Group) -> None:
     @_factory_lab_opt
     @json_option
     @pass_app
-    def distribute(app: App, config_dir: Path, jobs, create_labs_in, include_unverified, artifact_repos, factory_lab,
-                   location, as_json) -> None:
+    def distribute(app: App, config_dir: Path, jobs: int | None, create_labs_in: str | None, include_unverified: bool,
+                   artifact_repos: tuple[Path, ...], factory_lab: str, location: str | None, as_json: bool) -> None:
         """Publish each factory image into every lab whose ImagePaths select it (skips what labs have).
 
         Reads Labs.json and which golden images exist; the golden templates are not compiled (the
@@ -215,7 +223,8 @@ def register_factory(cli: click.Group) -> None:
     @_factory_lab_opt
     @json_option
     @pass_app
-    def retire_cmd(app: App, config_dir: Path, images_to_save, dry_run, artifact_repos, factory_lab, location, as_json) -> None:
+    def retire_cmd(app: App, config_dir: Path, images_to_save: int, dry_run: bool, artifact_repos: tuple[Path, ...],
+                   factory_lab: str, location: str | None, as_json: bool) -> None:
         """Keep the newest N boot-tested images per ImagePath; retire the rest and orphans."""
         from kiln.factory.run import plan_retirement_of, retire_planned
 
@@ -230,7 +239,7 @@ def register_factory(cli: click.Group) -> None:
     @_factory_lab_opt
     @json_option
     @pass_app
-    def cleanup_cmd(app: App, dry_run, factory_lab, location, as_json) -> None:
+    def cleanup_cmd(app: App, dry_run: bool, factory_lab: str, location: str | None, as_json: bool) -> None:
         """Remove leftover build work (dead runs' work dirs, failed builds), skipping what is marked to keep."""
         from kiln.factory.run import clean_up
 
@@ -248,8 +257,9 @@ def register_factory(cli: click.Group) -> None:
     @_artifact_opt
     @_factory_lab_opt
     @pass_app
-    def run(app: App, config_dir: Path, jobs, builds, images_to_save, create_labs_in, no_validate, boot_timeout,
-            artifact_repos, factory_lab, location) -> None:
+    def run(app: App, config_dir: Path, jobs: int, builds: int, images_to_save: int, create_labs_in: str | None,
+            no_validate: bool, boot_timeout: float, artifact_repos: tuple[Path, ...], factory_lab: str,
+            location: str | None) -> None:
         """validate, build, save, distribute, retire, cleanup — in order."""
         from kiln.factory.run import RunOptions, run_factory
 

@@ -11,7 +11,7 @@ another blob is an error, raised before anything is written.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,6 +75,7 @@ def publish_version_from(store: Store, version_id: str, *, disk: Path | None = N
     targets = [RegionTarget(store.regions.get(r).name) for r in regions]
     if not targets:
         targets = [RegionTarget(store.galleries.get(d.id.parent()).location)]
+    digest: Callable[[], str | None]
     if disk is not None:
         from kiln.disk import formats
         from kiln.store.blobs import content_digest
@@ -82,7 +83,7 @@ def publish_version_from(store: Store, version_id: str, *, disk: Path | None = N
         info = formats.detect(disk)  # a file that is no disk is refused first
         digest = lambda: content_digest(disk, info)  # noqa: E731 - hashed only if the version exists
     else:
-        image = store.images.get(image_id)  # type: ignore[arg-type]
+        image = store.images.get(image_id)  # type: ignore[arg-type]  # set: exactly one of the two, checked above
         digest = lambda: image.digest  # noqa: E731
     existing = next((v for v in store.galleries.list_versions(d.id) if v.version == ".".join(map(str, number))), None)
     if existing is not None and digest() != existing.digest:

@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 from kiln.errors import KilnError
 from kiln.events import Monitor, NullMonitor
@@ -73,7 +73,23 @@ def prepare_lab_image(
     return pending
 
 
-def publish_lab_image(store: Store, lab: str | ResourceId | Lab, name: str, blob: Blob, **details) -> LabCustomImage:
+class ImageDetails(TypedDict, total=False):
+    """`prepare_lab_image`'s keyword arguments, as `publish_lab_image` passes them on."""
+
+    os_type: str
+    os_state: str
+    description: str
+    author: str
+    image_path: str
+    boot_tested: bool
+    source: str
+    tags: dict[str, str] | None
+    created: float | None
+    monitor: Monitor | None
+
+
+def publish_lab_image(store: Store, lab: str | ResourceId | Lab, name: str, blob: Blob,
+                      **details: Unpack[ImageDetails]) -> LabCustomImage:
     """Make the lab offer `blob` as custom image `name` (the details as `prepare_lab_image`'s).
     Publishing the same blob under the same name again is a no-op; another blob under a taken
     name is refused."""

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kiln import ids
 from kiln.config import Config
@@ -40,7 +41,11 @@ from kiln.factory.names import dated_name, unique_name
 from kiln.ids import ResourceId
 from kiln.store.images import ManagedImage
 from kiln.store.labs import Lab
-from kiln.template.model import ManagedImageTarget
+from kiln.template.model import ImageTemplate, ManagedImageTarget
+
+if TYPE_CHECKING:
+    from kiln.pipeline.context import BuildOptions
+    from kiln.store.store import Store
 
 STAGING_TAG = "kilnFactory"  # tag on staging images: value "golden"
 IMAGE_PATH_TAG = "ImagePath"
@@ -117,14 +122,14 @@ def staging_id(lab: Lab, golden: GoldenImage, stamp: str) -> ResourceId:
                       (f"{golden.template.name}-{stamp}"[:80],))
 
 
-def factory_template(golden: GoldenImage, lab: Lab, image_id: ResourceId):
+def factory_template(golden: GoldenImage, lab: Lab, image_id: ResourceId) -> ImageTemplate:
     tags = staging_tags(golden.image_path, golden.os_state, golden.description)
     target = ManagedImageTarget(run_output_name="factory", image_id=str(image_id), location=lab.location, artifact_tags=tags)
     return dataclasses.replace(golden.template, distribute=(target,), location=lab.location)
 
 
-def build_golden_images(factory: Factory, *, config: Config, open_store: Callable[[], object], lab: Lab,
-                        monitor: Monitor, max_jobs: int = 1, options=None,
+def build_golden_images(factory: Factory, *, config: Config, open_store: Callable[[], Store], lab: Lab,
+                        monitor: Monitor, max_jobs: int = 1, options: BuildOptions | None = None,
                         only: tuple[str, ...] = ()) -> BuildReport:
     """Build every golden image (or those whose ImagePath is in `only`) into a staging image."""
     from kiln.pipeline.build import build
@@ -145,14 +150,14 @@ def build_golden_images(factory: Factory, *, config: Config, open_store: Callabl
             golden_options = dataclasses.replace(options or BuildOptions(), generalize=golden.os_state != "Specialized")
             ctx = build(factory_template(golden, lab, image_id), config=config, store=store, monitor=monitor,
                         options=golden_options)
-            image = store.images.get(image_id)  # type: ignore[attr-defined]
+            image = store.images.get(image_id)
             built = BuiltGoldenImage(golden.image_path, image.id, image.digest, image.os_type, golden.os_state,
                                      golden.description, image.boot_tested, image.created, ctx.run_id)
             result = BuildResult(golden.image_path, True, ctx.run_id, built)
         except KilnError as e:
             result = BuildResult(golden.image_path, False, error=e.render())
         finally:
-            store.close()  # type: ignore[attr-defined]
+            store.close()
         with lock:
             report.results.append(result)
             monitor.progress("factory build", len(report.results), len(selected),
@@ -190,7 +195,7 @@ class SavedImage:
     new: bool
 
 
-def staging_images(store, lab: Lab) -> list[ManagedImage]:
+def staging_images(store: Store, lab: Lab) -> list[ManagedImage]:
     """Managed images the factory built for this lab and has not saved yet, oldest first."""
     found = [i for i in store.images.list()
              if i.tags.get(STAGING_TAG) == "golden" and i.id.subscription.lower() == lab.id.subscription.lower()
@@ -198,12 +203,12 @@ def staging_images(store, lab: Lab) -> list[ManagedImage]:
     return sorted(found, key=lambda i: (i.created, i.id.key))
 
 
-def unsaved_golden_images(store, lab: Lab) -> list[BuiltGoldenImage]:
+def unsaved_golden_images(store: Store, lab: Lab) -> list[BuiltGoldenImage]:
     """The built golden images of earlier builds (other processes) that no save has finished."""
     return [BuiltGoldenImage.from_staging_image(i) for i in staging_images(store, lab)]
 
 
-def save_images(store, lab: Lab, built: Sequence[BuiltGoldenImage], monitor: Monitor) -> list[SavedImage]:
+def save_images(store: Store, lab: Lab, built: Sequence[BuiltGoldenImage], monitor: Monitor) -> list[SavedImage]:
     """Save each built golden image into the factory lab as a custom image, then drop its staging image."""
     from kiln.distribute.labs import publish_lab_image
 
@@ -229,6 +234,6 @@ def save_images(store, lab: Lab, built: Sequence[BuiltGoldenImage], monitor: Mon
     return saved
 
 
-def ensure_lab(store, lab_id: str | ResourceId, location: str) -> Lab:
+def ensure_lab(store: Store, lab_id: str | ResourceId, location: str) -> Lab:
     rid = lab_id if isinstance(lab_id, ResourceId) else ids.parse(lab_id, ids.LAB, what="factory lab id")
     return store.labs.find(rid) or store.labs.create(rid, location)

@@ -251,12 +251,13 @@ def _load_labs(path: Path, golden_dir: Path, problems: list[Problem]) -> list[La
         if not isinstance(item, dict):
             problems.append(Problem("a lab is an object", at, file))
             continue
-        fields = {}
+        fields: dict[str, str] = {}  # complete once the lab's problems are none
         for key in ("SubscriptionId", "ResourceGroup", "LabName"):
             value = next((v for k, v in item.items() if k.lower() == key.lower()), None)
             if not isinstance(value, str) or not value.strip() or "/" in value:
                 problems.append(Problem(f"{key} must be a non-empty name", f"{at}.{key}", file))
-            fields[key] = value
+            else:
+                fields[key] = value
         paths = next((v for k, v in item.items() if k.lower() == "imagepaths"), None)
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
             problems.append(Problem("ImagePaths must be an array of paths", f"{at}.ImagePaths", file,

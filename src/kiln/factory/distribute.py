@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kiln.distribute.labs import FanOutOutcome, LabImageJob, publish_lab_images
 from kiln.errors import InvalidInput, Problem, ValidationFailed
@@ -24,6 +24,7 @@ from kiln.store.labs import Lab
 
 if TYPE_CHECKING:
     from kiln.factory.config import Factory, FactoryLabs
+    from kiln.store.store import Store
 
 Job = LabImageJob  # a (lab, factory image) pair to publish
 
@@ -37,12 +38,12 @@ class DistributionReport:
     max_in_flight: int = 0
     transactions: int = 0  # catalog transactions that listed the done images
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"total": self.total, "done": self.done, "skipped": self.skipped,
                 "failed": [{"image": i, "error": e} for i, e in self.failed], "maxInFlight": self.max_in_flight}
 
 
-def target_labs(store, factory: Factory | FactoryLabs, factory_lab: Lab, *, create_in: str | None = None) -> list[Lab]:
+def target_labs(store: Store, factory: Factory | FactoryLabs, factory_lab: Lab, *, create_in: str | None = None) -> list[Lab]:
     """The catalog labs behind Labs.json (created in `create_in` if missing, in one transaction;
     else all missing ones are an error)."""
     specs = [spec for spec in factory.labs if spec.id.key != factory_lab.id.key]
@@ -58,13 +59,14 @@ def target_labs(store, factory: Factory | FactoryLabs, factory_lab: Lab, *, crea
     return [known[spec.id.key] for spec in specs]
 
 
-def plan(store, factory: Factory | FactoryLabs, factory_lab: Lab, labs: list[Lab], *,
+def plan(store: Store, factory: Factory | FactoryLabs, factory_lab: Lab, labs: list[Lab], *,
          include_unverified: bool = False) -> tuple[list[Job], list[str]]:
     """(jobs to run, pairs already there) for every lab × selected factory image."""
     images = [i for i in store.labs.images(factory_lab.id)
               if i.image_path and factory.has_golden(i.image_path) and (i.boot_tested or include_unverified)]
     specs = {s.id.key: s for s in factory.labs}
-    jobs, skipped = [], []
+    jobs: list[Job] = []
+    skipped: list[str] = []
     for lab in labs:
         spec = specs[lab.id.key]
         have = {i.name.lower(): i for i in store.labs.images(lab.id)}
@@ -79,7 +81,7 @@ def plan(store, factory: Factory | FactoryLabs, factory_lab: Lab, labs: list[Lab
     return jobs, skipped
 
 
-def distribute_images(open_store: Callable[[], object], store, factory: Factory | FactoryLabs, factory_lab: Lab,
+def distribute_images(open_store: Callable[[], Store], store: Store, factory: Factory | FactoryLabs, factory_lab: Lab,
                       labs: list[Lab], *, monitor: Monitor, max_jobs: int = 20,
                       include_unverified: bool = False) -> DistributionReport:
     if max_jobs < 1:
@@ -95,7 +97,7 @@ def distribute_images(open_store: Callable[[], object], store, factory: Factory 
 
     monitor.begin("factory distribute", f"{len(jobs)} job(s), {len(skipped)} already there, up to {max_jobs} at once")
     progress(FanOutOutcome())
-    outcome = publish_lab_images(open_store, store, jobs, max_jobs=max_jobs, monitor=monitor,  # type: ignore[arg-type]
+    outcome = publish_lab_images(open_store, store, jobs, max_jobs=max_jobs, monitor=monitor,
                                  after_each=progress)
     report.done, report.failed = outcome.done, outcome.failed
     report.max_in_flight, report.transactions = outcome.max_in_flight, outcome.transactions

@@ -20,13 +20,17 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from kiln.errors import InvalidInput
 from kiln.events import Monitor
 from kiln.factory.build import staging_images
-from kiln.factory.config import Factory
+from kiln.factory.config import Factory, LabSpec
 from kiln.store.labs import Lab, LabCustomImage
 from kiln.store.worklock import KEEP_MARKER
+
+if TYPE_CHECKING:
+    from kiln.store.store import Store
 
 
 @dataclass(frozen=True)
@@ -34,20 +38,20 @@ class Retirement:
     image: LabCustomImage
     reason: str
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"id": str(self.image.id), "lab": self.image.lab_id.name, "name": self.image.name,
                 "imagePath": self.image.image_path, "bootTested": self.image.boot_tested, "reason": self.reason}
 
 
-def plan_retirement(store, factory: Factory, factory_lab: Lab, images_to_save: int) -> list[Retirement]:
+def plan_retirement(store: Store, factory: Factory, factory_lab: Lab, images_to_save: int) -> list[Retirement]:
     if images_to_save < 1:
         raise InvalidInput(f"--images-to-save {images_to_save} must be at least 1",
                            hint="keeping no image would empty every lab; give 1 or more")
-    labs: list[tuple[Lab, object]] = [(factory_lab, None)]
-    for spec in factory.labs:
-        lab = store.labs.find(spec.id)
-        if lab is not None and lab.id != factory_lab.id:
-            labs.append((lab, spec))
+    labs: list[tuple[Lab, LabSpec | None]] = [(factory_lab, None)]
+    for listed in factory.labs:
+        found = store.labs.find(listed.id)
+        if found is not None and found.id != factory_lab.id:
+            labs.append((found, listed))
     out: list[Retirement] = []
     for lab, spec in labs:
         groups: dict[str, list[LabCustomImage]] = {}
@@ -56,7 +60,7 @@ def plan_retirement(store, factory: Factory, factory_lab: Lab, images_to_save: i
                 continue  # not made by the factory
             if factory.golden(image.image_path) is None:
                 out.append(Retirement(image, f"its golden image {image.image_path} was removed"))
-            elif spec is not None and not spec.selects(image.image_path):  # type: ignore[attr-defined]
+            elif spec is not None and not spec.selects(image.image_path):
                 out.append(Retirement(image, f"lab {lab.id.name} no longer lists {image.image_path}"))
             else:
                 groups.setdefault(image.image_path.lower(), []).append(image)
@@ -74,7 +78,7 @@ def plan_retirement(store, factory: Factory, factory_lab: Lab, images_to_save: i
     return sorted(out, key=lambda r: (r.image.lab_id.key, r.image.image_path.lower(), r.image.created))
 
 
-def retire(store, plan: list[Retirement], monitor: Monitor, *, collect_garbage: bool = True) -> None:
+def retire(store: Store, plan: list[Retirement], monitor: Monitor, *, collect_garbage: bool = True) -> None:
     monitor.begin("factory retire", f"{len(plan)} image(s)")
     for n, r in enumerate(plan, 1):
         if store.labs.find_image(r.image.id) is not None:
@@ -96,7 +100,7 @@ class CleanupReport:
     staging_images: list[str] = field(default_factory=list)
     bytes_freed: int = 0
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"workDirs": self.work_dirs, "kept": self.kept, "stagingImages": self.staging_images,
                 "bytesFreed": self.bytes_freed}
 
@@ -116,7 +120,7 @@ def _size(path: Path) -> int:
     return total
 
 
-def cleanup(store, factory_lab: Lab | None, monitor: Monitor, *, dry_run: bool = False) -> CleanupReport:
+def cleanup(store: Store, factory_lab: Lab | None, monitor: Monitor, *, dry_run: bool = False) -> CleanupReport:
     report = CleanupReport()
     monitor.begin("factory cleanup", "dry run" if dry_run else "")
     runs = {r.run_id: r for r in store.runs.list()}  # list() marks runs of killed processes Failed first

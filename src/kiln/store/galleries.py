@@ -14,6 +14,7 @@ complete one. `add_version` refuses a row whose bytes some target region does no
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 from collections.abc import Sequence
@@ -137,7 +138,8 @@ class Galleries:
     def create(self, gallery_id: str | ResourceId, location: str = "", description: str = "") -> Gallery:
         """Create a gallery (Azure's PUT: creating an existing one returns it unchanged)."""
         rid = _rid(gallery_id, ids.GALLERY, "gallery id")
-        region = self.regions.get(location) if location else (self.regions.list() or [None])[0]
+        known = self.regions.list()
+        region = self.regions.get(location) if location else (known[0] if known else None)
         with self.catalog.write() as db:
             if db.execute("SELECT 1 FROM galleries WHERE key = ?", (rid.key,)).fetchone() is None:
                 db.execute("INSERT INTO galleries (key, id, location, description, created) VALUES (?, ?, ?, ?, ?)",
@@ -203,7 +205,7 @@ class Galleries:
                            hint="create it first: kiln gallery image-definition create ID --publisher P --offer O --sku S")
         return self._definition(r)
 
-    def list_definitions(self, gallery_id: str | ResourceId | None = None) -> list[GalleryImageDefinition]:
+    def list_definitions(self, gallery_id: str | ResourceId | None = None) -> builtins.list[GalleryImageDefinition]:
         if gallery_id is None:
             rows = self.catalog.query("SELECT * FROM gallery_images ORDER BY key")
         else:
@@ -231,7 +233,7 @@ class Galleries:
             target_regions=tuple(RegionTarget(**t) for t in json.loads(r["target_regions"])),
             tags=json.loads(r["tags"]), source=r["source"], boot_tested=bool(r["boot_tested"]), created=r["created"])
 
-    def list_versions(self, definition_id: str | ResourceId | None = None) -> list[GalleryImageVersion]:
+    def list_versions(self, definition_id: str | ResourceId | None = None) -> builtins.list[GalleryImageVersion]:
         order = "ORDER BY image_key, major, minor, patch"
         if definition_id is None:
             rows = self.catalog.query(f"SELECT * FROM gallery_image_versions {order}")

@@ -16,6 +16,7 @@ again.
 
 from __future__ import annotations
 
+import builtins
 import datetime
 import json
 from collections.abc import Sequence
@@ -214,13 +215,13 @@ class Labs:
             digest=r["digest"], disk=disk, description=r["description"], author=r["author"], image_path=r["image_path"],
             boot_tested=bool(r["boot_tested"]), source=r["source"], tags=json.loads(r["tags"]), created=r["created"])
 
-    def images(self, lab: str | ResourceId) -> list[LabCustomImage]:
+    def images(self, lab: str | ResourceId) -> builtins.list[LabCustomImage]:
         """The lab's custom images, oldest first."""
         found = self.get(lab)
         rows = self.catalog.query("SELECT * FROM lab_custom_images WHERE lab_key = ? ORDER BY created, key", (found.id.key,))
         return [self._image(r, found.location) for r in rows]
 
-    def all_images(self) -> list[LabCustomImage]:
+    def all_images(self) -> builtins.list[LabCustomImage]:
         rows = self.catalog.query("SELECT c.*, l.location AS lab_location FROM lab_custom_images c "
                                   "JOIN labs l ON l.key = c.lab_key ORDER BY c.lab_key, c.created, c.key")
         return [self._image(r, r["lab_location"]) for r in rows]
@@ -248,7 +249,7 @@ class Labs:
         row = self.catalog.one("SELECT digest FROM lab_custom_images WHERE key = ?", (image.key,))
         return row["digest"] if row is not None else None
 
-    def commit_images(self, pending: Sequence[PendingImage]) -> list[KilnError | None]:
+    def commit_images(self, pending: Sequence[PendingImage]) -> builtins.list[KilnError | None]:
         """List prepared images, all in one write transaction. Each gets its own outcome (None: it
         is listed, now or before): an image whose name was taken meanwhile by other content, or
         whose lab or blob was deleted meanwhile, fails alone and the others are still listed."""

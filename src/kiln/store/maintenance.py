@@ -24,7 +24,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kiln.events import Monitor, NullMonitor
 from kiln.store import files, worklock
@@ -32,6 +32,9 @@ from kiln.store.blobs import BlobCorrupt, pid_alive
 from kiln.store.worklock import KEEP_MARKER
 
 if TYPE_CHECKING:
+    import sqlite3
+
+    from kiln.config import RegionConfig
     from kiln.store.store import Store
 
 
@@ -44,7 +47,7 @@ class GcReport:
     leases: int = 0
     bytes_freed: int = 0
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"blobs": self.blobs, "replicas": self.replicas, "tempFiles": self.temp_files,
                 "workDirs": self.work_dirs, "expiredLeases": self.leases, "bytesFreed": self.bytes_freed}
 
@@ -134,7 +137,7 @@ def gc(store: Store, monitor: Monitor | None = None) -> GcReport:
     return report
 
 
-def _live_leases(db) -> set[str]:
+def _live_leases(db: sqlite3.Connection) -> set[str]:
     return {r["digest"] for r in db.execute("SELECT digest, pid, pid_start FROM leases").fetchall()
             if pid_alive(r["pid"], r["pid_start"])}
 
@@ -168,17 +171,17 @@ def _delete_unreferenced_bytes(store: Store, report: GcReport, monitor: Monitor)
             key = region.name.lower()
             if region.kind == "folder":
                 found = sorted(Path(region.path).glob("*.vhd")) if Path(region.path).is_dir() else []
-                names = {p.name[:-4]: p for p in found}
+                names: dict[str, Path | None] = {p.name[:-4]: p for p in found}
             elif region.kind == "azureblob":
                 names = _azure_names(region, monitor)
             else:
                 continue
-            for digest, p in names.items():
+            for digest, replica in names.items():
                 if (key, digest) in replica_rows or digest in live or not _is_digest(digest):
                     continue
-                if region.kind == "folder":
-                    report.bytes_freed += _freed(p)
-                    p.unlink(missing_ok=True)
+                if replica is not None:  # a folder region's file
+                    report.bytes_freed += _freed(replica)
+                    replica.unlink(missing_ok=True)
                 else:
                     _azure_delete(region, digest, monitor)
                 if f"{key}/{digest}" not in report.replicas:
@@ -189,7 +192,7 @@ def _is_digest(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
-def _azure_names(region, monitor: Monitor) -> dict[str, None]:
+def _azure_names(region: RegionConfig, monitor: Monitor) -> dict[str, Path | None]:
     from kiln.errors import KilnError
     from kiln.store import azureblob
 
@@ -200,7 +203,7 @@ def _azure_names(region, monitor: Monitor) -> dict[str, None]:
         return {}
 
 
-def _azure_delete(region, digest: str, monitor: Monitor) -> None:
+def _azure_delete(region: RegionConfig, digest: str, monitor: Monitor) -> None:
     from kiln.errors import KilnError
     from kiln.store import azureblob
 
