@@ -10,21 +10,13 @@ gets what they name (with URI rewrites and checksums).
 The runner and the fetcher (sandbox, HTTP client) load only when asked for.
 """
 
-from typing import Any
-
 from kiln.customizers import registry as _registry  # noqa: F401  (registers the types)
 from kiln.customizers.base import REGISTRY, CustomizerFailed, StepInfo
+from kiln.lazy import lazy_attributes
 
 __all__ = ["REGISTRY", "CustomizerFailed", "Fetcher", "StepInfo", "check_supported", "in_vm_scripts",
            "run_customizers"]
 
-_LAZY = {"check_supported": "kiln.customizers.runner", "run_customizers": "kiln.customizers.runner",
-         "in_vm_scripts": "kiln.customizers.guest", "Fetcher": "kiln.fetch"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {
+    "check_supported": "runner", "run_customizers": "runner", "in_vm_scripts": "guest", "Fetcher": "kiln.fetch",
+})

@@ -23,8 +23,9 @@ images and needs neither the template model nor the pipeline.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from kiln.lazy import lazy_attributes
 
 _WHERE = {
     "BuiltArtifact": "artifact",
@@ -46,13 +47,7 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"kiln.distribute.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _WHERE)
 
 
 __all__ = ["BuiltArtifact", "distribute", "distribute_managed_image", "distribute_shared_image", "distribute_vhd",

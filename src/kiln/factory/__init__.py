@@ -19,10 +19,10 @@ distribute` needs neither the build pipeline nor the template compiler, and impo
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kiln.ids import NULL_SUBSCRIPTION
+from kiln.lazy import lazy_attributes
 
 DEFAULT_FACTORY_LAB = f"/subscriptions/{NULL_SUBSCRIPTION}/resourceGroups/kiln-factory/providers/Microsoft.DevTestLab/labs/ImageFactory"
 
@@ -50,13 +50,7 @@ if TYPE_CHECKING:
     from kiln.factory.run import FactorySession, run_factory
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"kiln.factory.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _WHERE)
 
 
 __all__ = ["DEFAULT_FACTORY_LAB", "BuiltGoldenImage", "Factory", "FactoryLabs", "FactorySession", "GoldenImage",
