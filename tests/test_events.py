@@ -8,17 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kiln.events import Event, JsonMonitor, Monitor, RunMonitor
-
-
-class Recorder(Monitor):
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[Event] = []
-
-    def emit(self, event: Event) -> None:
-        with self._lock:
-            self.events.append(event)
+from kiln.events import JsonMonitor, RunMonitor
+from monitors import Recorder
+from templates import debian12_template
 
 
 def test_steps_nest_and_log_lines_belong_to_the_innermost_open_step() -> None:
@@ -89,18 +81,8 @@ def test_every_event_of_a_real_build_carries_its_run_id(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     (home / "cache").symlink_to(cached.config.cache_dir)  # the build unpacks the cached root
-    template = tmp_path / "t.json"
-    template.write_text(json.dumps({
-        "type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2025-10-01",
-        "name": "events", "location": "westus2",
-        "properties": {
-            "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12-gen2",
-                       "version": "latest"},
-            "customize": [{"type": "Shell", "name": "say", "inline": ["echo said-it"]}],
-            "distribute": [{"type": "ManagedImage", "runOutputName": "out", "location": "westus2",
-                            "imageId": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/images/events"}],
-        },
-    }))
+    template = debian12_template(tmp_path, "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/images/events",
+                                 name="events", customize=[{"type": "Shell", "name": "say", "inline": ["echo said-it"]}])
     config = load_config(home)
     seen = Recorder()
     with Store.open(config) as store:

@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,23 +13,7 @@ import pytest
 from envcheck import unavailable
 from kiln.reaper import Reaper
 from kiln.run import spawn
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def eventually(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
+from processes import alive, eventually
 
 # kiln in miniature: a scratch tree and a QEMU (paused before its first instruction, so it costs
 # nothing), each handed to a reaper, QEMU without the death signal so only the reaper can stop it.

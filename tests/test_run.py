@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,25 +13,11 @@ from kiln.errors import BuildFailed, HostFailed
 from kiln.run import CommandFailed, ToolFailed, run, run_streamed, spawn
 from kiln.tools import ToolMissing
 from monitors import Lines
+from processes import alive, eventually
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting for its parent counts as gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def eventually(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 # -- a program that is not installed

@@ -10,24 +10,13 @@ import pytest
 from kiln.config import Config
 from kiln.customizers import CustomizerFailed, run_customizers
 from kiln.errors import InvalidInput
-from kiln.events import Event, Monitor
+from kiln.events import Monitor
 from kiln.sandbox.isolated import IsolatedRoot
 from kiln.template.model import FileStep, PowerShellStep, ShellStep
+from monitors import Recorder
 
 pytestmark = pytest.mark.integration
 
-
-class Recorder(Monitor):
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[Event] = []
-
-    def emit(self, event: Event) -> None:
-        self.events.append(event)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(e.message for e in self.events if e.kind == "log")
 
 
 def sha(data: str) -> str:

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from kiln.errors import BuildFailed
 from kiln.run import run
 from kiln.sandbox.vm import VirtualMachine
 from kiln.validate.boottest import GuestScript, boot_test, run_in_vm
+from processes import eventually
 
 from .conftest import Booted, BuiltDisk
 
@@ -38,14 +38,6 @@ def processes_mentioning(text: str) -> list[int]:
                 pass
     return pids
 
-
-def eventually(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
 
 
 @pytest.fixture(scope="module")

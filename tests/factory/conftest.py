@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from kiln.config import load_config
-from kiln.events import Event, Monitor, NullMonitor
+from kiln.events import Event, NullMonitor
 from kiln.factory import DEFAULT_FACTORY_LAB, ensure_lab, save_images, unsaved_golden_images
 from kiln.factory.build import staging_tags
 from kiln.ids import ResourceId
@@ -43,17 +43,6 @@ def kiln(home: Path, *args: str, timeout: float = 3600) -> subprocess.CompletedP
     return subprocess.run([sys.executable, "-m", "kiln", *args], env=env, text=True, capture_output=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
-
-class Recorder(Monitor):
-    """Keeps every event (the real code path's own events) for the test to measure."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[Event] = []
-
-    def emit(self, event: Event) -> None:
-        with self._lock:
-            self.events.append(event)
 
 
 def max_overlap(events: list[Event]) -> int:

@@ -20,11 +20,11 @@ from kiln.config import load_config
 from kiln.factory import DEFAULT_FACTORY_LAB, distribute_images, ensure_lab, load_factory, target_labs
 from kiln.store import Store
 from kiln.store.worklock import KEEP_MARKER
+from monitors import Recorder
 
 from .conftest import (
     PATHS,
     REPO,
-    Recorder,
     check_labs_complete,
     config_dir,
     kiln,

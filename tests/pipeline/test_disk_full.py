@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from store_helpers import make_disk
+from templates import debian12_template
 
 from .conftest import RG, SUB
 
@@ -72,20 +73,6 @@ def catalog(home: Path) -> dict:
     return {what: json.loads(kiln(home, *what.split(), "--json").stdout) for what in ("image list", "gallery list")}
 
 
-def template(tmp: Path) -> Path:
-    data = {
-        "type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-07-01", "location": "westus2",
-        "properties": {
-            "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12-gen2",
-                       "version": "latest"},
-            "customize": [{"type": "Shell", "name": "hello", "inline": ["echo hello > /etc/hello"]}],
-            "distribute": [{"type": "ManagedImage", "imageId": IMAGE_ID, "location": "westus2", "runOutputName": "out"}],
-        },
-    }
-    path = tmp / "template.json"
-    path.write_text(json.dumps(data))
-    return path
-
 
 def assert_clear_no_space(proc: subprocess.CompletedProcess[str], home: Path) -> None:
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -115,7 +102,7 @@ def test_disk_full_during_bootstrap(tmp_path: Path) -> None:
         kiln(home, "store", "check")  # creates the catalog: what a first build would find
         before, used = catalog(home), usage(home)
         cache_before = sorted(p.name for p in (cache / "roots").iterdir()) if (cache / "roots").exists() else []
-        proc = kiln(home, "build", str(template(tmp_path)), KILN_SCRATCH=str(home / "scratch"))
+        proc = kiln(home, "build", str(debian12_template(tmp_path, IMAGE_ID)), KILN_SCRATCH=str(home / "scratch"))
         assert_clear_no_space(proc, home)
         assert f"no space left on the filesystem of {home}/scratch/kiln-bootstrap-" in proc.stderr  # the bootstrap's tree
         assert_store_as_before(home, before)
@@ -136,7 +123,7 @@ def test_disk_full_during_assemble(tmp_path: Path) -> None:
         (home / "cache").symlink_to(SHARED_CACHE)
         kiln(home, "store", "check")
         before, used = catalog(home), usage(home)
-        proc = kiln(home, "build", str(template(tmp_path)), KILN_SCRATCH=str(scratch))
+        proc = kiln(home, "build", str(debian12_template(tmp_path, IMAGE_ID)), KILN_SCRATCH=str(scratch))
         assert_clear_no_space(proc, home)
         assert f"no space left on the filesystem of {home}/work/" in proc.stderr and "while mkfs.ext4 ran" in proc.stderr
         run = json.loads(kiln(home, "runs", "list", "--json").stdout)[-1]["lastRunStatus"]

@@ -22,6 +22,7 @@ import requests
 
 from envcheck import unavailable
 from kiln.config import host_debian_mirror
+from templates import debian12_template
 
 pytestmark = pytest.mark.integration
 
@@ -94,20 +95,6 @@ def kiln(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=1800, stdin=subprocess.DEVNULL)
 
 
-def template(tmp: Path) -> Path:
-    data = {
-        "type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-07-01", "location": "westus2",
-        "properties": {
-            "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12-gen2",
-                       "version": "latest"},
-            "customize": [{"type": "Shell", "name": "hello", "inline": ["echo hello > /etc/hello"]}],
-            "distribute": [{"type": "ManagedImage", "imageId": IMAGE_ID, "location": "westus2", "runOutputName": "out"}],
-        },
-    }
-    path = tmp / "template.json"
-    path.write_text(json.dumps(data))
-    return path
-
 
 def cache_entries(home: Path) -> list[str]:
     roots = home / "cache" / "roots"
@@ -122,7 +109,7 @@ def test_mirror_lost_mid_bootstrap_then_back(tmp_path: Path) -> None:
     home.mkdir()
     port = free_port()
     (home / "config.toml").write_text(f'[mirrors]\ndebian = "http://127.0.0.1:{port}/debian"\n')
-    path = template(tmp_path)
+    path = debian12_template(tmp_path, IMAGE_ID)
 
     mirror = StandIn(port, upstream, stop_after=12)
     try:
