@@ -120,12 +120,19 @@ def qemu_command(
     snapshot: bool = False,
     network: bool = True,
     data_disks: Sequence[tuple[Path, str]] = (),
+    firmware: str = "uefi",
+    ssh_port: int | None = None,
+    cdrom: Path | None = None,
+    name: str = "kiln-vm",
 ) -> list[str]:
-    """The QEMU command line of a kiln VM: q35, UEFI (`firmware_code` + a variable store), `disk`
-    on virtio, the first serial port to `serial_log` (None: the terminal, for a person), seccomp on.
+    """The QEMU command line of a kiln VM: q35, UEFI (`firmware_code` + a variable store) or BIOS
+    (SeaBIOS, `firmware="bios"`: hyperVGeneration V1), `disk` on virtio, the first serial port to
+    `serial_log` (None: the terminal, for a person), seccomp on.
 
     `snapshot` keeps every write in a temporary file (the disk and variable store stay unchanged);
-    `data_disks` are (raw image, serial) pairs attached read-only.
+    `data_disks` are (raw image, serial) pairs attached read-only; `cdrom` is an ISO on the q35
+    AHCI controller (how virt-install and cloud-localds users attach a NoCloud seed);
+    `ssh_port` forwards 127.0.0.1:`ssh_port` on the host to the guest's port 22.
     """
     # cx16=off: QEMU 7.2's TCG emulation of cmpxchg16b corrupts the SLUB allocator of Linux 6.12
     # (Debian 13 guests panic in __kmalloc/mtree_load in most boots); without it SLUB falls back.
@@ -135,18 +142,27 @@ def qemu_command(
     serial = ["-chardev", f"file,id=serial0,path={serial_log}", "-serial", "chardev:serial0"] if serial_log \
         else ["-serial", "mon:stdio"]
     argv = [
-        QEMU, "-name", "kiln-vm", "-machine", "q35", *accel_args, "-smp", str(cpus), "-m", str(memory_mib),
+        QEMU, "-name", name, "-machine", "q35", *accel_args, "-smp", str(cpus), "-m", str(memory_mib),
         "-nodefaults", "-display", "none", "-no-reboot", "-sandbox", SECCOMP,
         *(["-monitor", "none"] if serial_log else []),
-        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={firmware_code}",
-        "-drive", f"if=pflash,format=raw,unit=1,file={firmware_vars}{snap}",
+    ]
+    if firmware == "uefi":
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={firmware_code}",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={firmware_vars}{snap}"]
+    elif firmware != "bios":  # bios: QEMU's own SeaBIOS, nothing to attach
+        raise ValueError(f"unknown firmware {firmware!r}")
+    argv += [
         "-drive", f"if=none,id=os,file={disk},format={fmt},cache={cache}{snap}",
         "-device", "virtio-blk-pci,drive=os,bootindex=0",
         *serial,
         "-device", "virtio-rng-pci",
     ]
     if network:
-        argv += ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]
+        forward = f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22" if ssh_port else ""
+        argv += ["-netdev", f"user,id=net0{forward}", "-device", "virtio-net-pci,netdev=net0"]
+    if cdrom is not None:
+        argv += ["-drive", f"if=none,id=cd0,file={cdrom},format=raw,media=cdrom,readonly=on",
+                 "-device", "ide-cd,drive=cd0,bus=ide.0"]
     for i, (path, serial_no) in enumerate(data_disks):
         argv += ["-drive", f"if=none,id=data{i},file={path},format=raw,readonly=on",
                  "-device", f"virtio-blk-pci,drive=data{i},serial={serial_no}"]
@@ -209,6 +225,9 @@ class VirtualMachine:
         network: bool = True,
         work_dir: Path | None = None,
         monitor: Monitor | None = None,
+        firmware: str = "uefi",
+        ssh_port: int | None = None,
+        cdrom: Path | None = None,
     ) -> None:
         if fmt not in DISK_FORMATS:
             raise InvalidInput(f"cannot boot a {fmt!r} disk", hint=f"convert it to one of {', '.join(DISK_FORMATS)} first")
@@ -224,6 +243,9 @@ class VirtualMachine:
         self.network = network
         self.work_dir = work_dir
         self.monitor = monitor or NullMonitor()
+        self.firmware = firmware
+        self.ssh_port = ssh_port
+        self.cdrom = Path(cdrom).absolute() if cdrom else None
         self.accel = ""
         self.tmp: Path | None = None
         self.proc: Process | None = None
@@ -253,7 +275,7 @@ class VirtualMachine:
         self.serial_log.parent.mkdir(parents=True, exist_ok=True)
         self.serial_log.write_bytes(b"")
         argv = self._argv()
-        self.monitor.log(f"vm: {QEMU} accel={self.accel}, {self.cpus} vCPU, {self.memory_mib} MiB, "
+        self.monitor.log(f"vm: {QEMU} accel={self.accel}, {self.firmware.upper()}, {self.cpus} vCPU, {self.memory_mib} MiB, "
                          f"disk {self.disk} ({self.fmt}{', overlay' if self.overlay else ''}), serial {self.serial_log}"
                          f"{', confined' if argv[0] != QEMU else ''}")
         with open(self.tmp / "qemu.log", "wb") as qemu_log:
@@ -310,9 +332,12 @@ class VirtualMachine:
         assert self.tmp is not None and self.serial_log is not None
         if shutil.which(QEMU, path=minimal_env()["PATH"]) is None:
             raise ToolMissing(QEMU)  # before bwrap, which would only say it cannot exec it
-        code, vars_template = ovmf_firmware()
-        vars_copy = self.tmp / "OVMF_VARS.fd"
-        shutil.copyfile(vars_template, vars_copy)
+        if self.firmware == "uefi":
+            code, vars_template = ovmf_firmware()
+            vars_copy = self.tmp / "OVMF_VARS.fd"
+            shutil.copyfile(vars_template, vars_copy)
+        else:
+            code = vars_copy = Path("/dev/null")  # SeaBIOS is QEMU's default: nothing to attach
         if self.overlay:
             boot_disk, boot_fmt = self.tmp / "overlay.qcow2", "qcow2"
             run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", self.disk, "-F", self.fmt, boot_disk], capture=True)
@@ -330,6 +355,7 @@ class VirtualMachine:
             memory_mib=self.memory_mib, serial_log=self.serial_log, network=self.network, data_disks=data,
             # cache=unsafe only for the overlay: it is thrown away, so flushes buy nothing.
             cache="unsafe" if self.overlay else "writeback",
+            firmware=self.firmware, ssh_port=self.ssh_port, cdrom=self.cdrom,
         )
         if not confinement_enabled():
             return argv
@@ -337,5 +363,6 @@ class VirtualMachine:
         writable = [self.tmp] + ([] if self.overlay else [self.disk])
         if not self.serial_log.is_relative_to(self.tmp):
             writable.append(self.serial_log)
-        return confined(argv, read_only=[self.disk] if self.overlay else [], writable=writable,
+        read_only = ([self.disk] if self.overlay else []) + ([self.cdrom] if self.cdrom else [])
+        return confined(argv, read_only=read_only, writable=writable,
                         network=self.network, devices=["/dev/kvm"] if self.accel == "kvm" else [])

@@ -1,0 +1,87 @@
+"""OpenSSH's client against a guest on 127.0.0.1: wait until a login works, run commands.
+
+Host keys are not checked (a test guest's keys are new at every boot and its port is on loopback
+only), and nothing is written to the user's known_hosts.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.run import ToolFailed, run
+
+SSH = "ssh"
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    user: str
+    port: int
+    key: Path
+    host: str = "127.0.0.1"
+
+
+def ssh_argv(target: SshTarget, *command: str, connect_timeout: int = 10, tty: bool = False,
+             batch: bool = True) -> list[str]:
+    """OpenSSH's command line for `target` (a login shell when `command` is empty)."""
+    return [
+        SSH, "-p", str(target.port), "-i", str(target.key), "-o", "IdentitiesOnly=yes",
+        "-o", f"BatchMode={'yes' if batch else 'no'}", "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+        "-o", f"ConnectTimeout={connect_timeout}", "-o", "ServerAliveInterval=15",
+        "-t" if tty else "-T", f"{target.user}@{target.host}", *command,
+    ]
+
+
+@dataclass(frozen=True)
+class Result:
+    exit_code: int
+    output: str
+
+
+def ssh_run(target: SshTarget, command: str, *, input: str | None = None, timeout: float = 600) -> Result:
+    """Run `command` (a shell command line) in the guest; exit code 255 means ssh itself failed."""
+    proc = run(ssh_argv(target, command), check=False, capture=True, input=input, timeout=timeout)
+    return Result(proc.returncode, proc.stdout)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (QEMU binds it a moment later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def wait_for_login(target: SshTarget, *, timeout_s: float, alive: Callable[[], bool],
+                   check: str = "true", poll_s: float = 2.0) -> float | None:
+    """Seconds until `check` ran over SSH with exit 0, or None after `timeout_s` or once `alive()`
+    says the VM is gone."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if not alive():
+            return None
+        try:
+            if run(ssh_argv(target, check, connect_timeout=5), check=False, capture=True, timeout=60).returncode == 0:
+                return time.monotonic() - started
+        except ToolFailed:  # the guest accepted the connection and then hung: try again
+            pass
+        time.sleep(poll_s)
+    return None
+
+
+def interactive(target: SshTarget, command: Sequence[str] = ()) -> list[str]:
+    """The command line that logs a person in (a terminal, or runs `command`)."""
+    return ssh_argv(target, *command, tty=not command, batch=False)
