@@ -124,13 +124,13 @@ def _numbers(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".") if p.isdigit())
 
 
-def template_source(store: Store, config: Config, template: ResourceId) -> Source | None:
-    """The source of an API template (None if the template is gone)."""
+def template_source(store: Store, config: Config, template: ResourceId, *, since: float = 0.0) -> Source | None:
+    """The source of an API template (None if the template is gone, or was made anew after `since`)."""
     from kiln.api.resources import Resources
     from kiln.api.templates import load_body
 
     rec = Resources(store.catalog).get(template)
-    if rec is None:
+    if rec is None or rec.created > since > 0:
         return None
     return load_body(rec.body, rec.id, config).source
 
@@ -150,14 +150,14 @@ def check(store: Store, config: Config) -> list[Outcome]:
     outcomes = []
     for t in triggers.list():
         try:
-            source = template_source(store, config, t.template_id)
-        except KilnError as e:
-            source, problem = None, e.message
-        else:
-            problem = "its image template no longer exists" if source is None else ""
-        if source is None:
-            triggers.set_status(t.id, UNHEALTHY, problem)
-            outcomes.append(Outcome(t, UNHEALTHY, problem))
+            source = template_source(store, config, t.template_id, since=t.created)
+        except KilnError as e:  # a template that no longer loads (kiln's rules changed since it was made)
+            message = f"its image template does not load: {e.message}"
+            triggers.set_status(t.id, UNHEALTHY, message)
+            outcomes.append(Outcome(t, UNHEALTHY, message))
+            continue
+        if source is None:  # the template went: so did its triggers
+            triggers.delete(t.id)
             continue
         try:
             state = source_state(store, config, source)
