@@ -12,6 +12,7 @@ import requests
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 from azure.mgmt.compute import ComputeManagementClient
 from kilnserve import OTHER_SUB, RG, SUB, LoopbackBearer, StaticToken, kiln
+
 from store_helpers import make_disk
 
 OTHER_RG = "kiln-other-rg"

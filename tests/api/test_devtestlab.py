@@ -10,6 +10,7 @@ import pytest
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.mgmt.devtestlabs import DevTestLabsClient
 from kilnserve import OTHER_SUB, RG, SUB, LoopbackBearer, StaticToken, kiln
+
 from store_helpers import make_disk
 
 LAB = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.DevTestLab/labs/factorylab"

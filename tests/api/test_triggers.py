@@ -16,6 +16,7 @@ import requests
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.mgmt.imagebuilder import models as m
 from kilnserve import API_VERSION, RG, SUB, kiln, start_server
+
 from store_helpers import make_disk
 
 GALLERY = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/galleries/triggers"
