@@ -63,12 +63,3 @@ def in_scope(resource_id: str, subscription: str, resource_group: str | None = N
     if resource_group is not None:
         prefix += f"resourcegroups/{resource_group}/".lower()
     return resource_id.lower().startswith(prefix)
-
-
-def drop_none(value: Any) -> Any:
-    """ARM leaves out what it has no value for (a null where the spec says string fails a reader)."""
-    if isinstance(value, dict):
-        return {k: drop_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [drop_none(v) for v in value]
-    return value

@@ -254,7 +254,7 @@ class Service:
     def run_outputs(self, rid: ResourceId) -> list[dict[str, Any]]:
         rec = self._existing(rid)
         outs = [o for o in self.store().runs.outputs(rid) if o.created >= rec.created]
-        return [{k: v for k, v in o.to_json().items() if k != "kiln"} for o in outs]
+        return [drop_none({k: v for k, v in o.to_json().items() if k != "kiln"}) for o in outs]
 
     def run_output(self, rid: ResourceId, name: str) -> dict[str, Any]:
         for o in self.run_outputs(rid):
@@ -303,11 +303,12 @@ class Service:
         props = dict(rec.body.get("properties") or {})
         props["provisioningState"] = "Succeeded"
         if (status := self.last_run_status(rec, base)) is not None:
-            props["lastRunStatus"] = status
+            props["lastRunStatus"] = {k: v for k, v in status.items() if v is not None}  # the spec's strings: no nulls
         short = hashlib.sha256(rid.key.encode()).hexdigest()[:8]
         props["exactStagingResourceGroup"] = f"/subscriptions/{rid.subscription}/resourceGroups/IT_{rid.resource_group}_{rid.name}_{short}"
         out: dict[str, Any] = {"id": str(rid), "name": rid.name, "type": ids.IMAGE_TEMPLATE}
         out.update({k: rec.body[k] for k in ("location", "tags", "identity") if k in rec.body})
+        out.setdefault("identity", {"type": "None"})  # the spec requires one; kiln's builds use none
         out["properties"] = props
         out["systemData"] = {"createdBy": rec.created_by, "createdByType": "Application", "createdAt": _iso(rec.created),
                              "lastModifiedBy": rec.updated_by, "lastModifiedByType": "Application",
@@ -334,6 +335,13 @@ class Service:
 
 def _iso(t: float | None) -> str | None:
     return None if t is None else datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def drop_none(value: Any) -> Any:
+    """ARM leaves out what has no value: a null where AIB's spec says string fails a strict reader."""
+    if isinstance(value, dict):
+        return {k: drop_none(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def _comparable(body: dict[str, Any]) -> str:
