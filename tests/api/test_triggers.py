@@ -106,16 +106,14 @@ def test_a_new_source_version_starts_a_run(server, client, disks) -> None:
         templates.begin_cancel(RG, "follow").result()
     except HttpResponseError as e:
         assert e.status_code == 409  # it ended on its own first
-    deadline = time.monotonic() + 180
-    while not (runs := runs_of(server, "follow")) or runs[0]["lastRunStatus"]["runState"] in ("Running", "Canceling"):
-        assert time.monotonic() < deadline, "the triggered run did not end"
-        time.sleep(0.5)
-    assert len(runs) == 1
+    assert wait_for_end(client, "follow") in ("Canceled", "Failed")
+    assert len(runs_of(server, "follow")) <= 1  # one run (none if it was canceled before its build began)
 
     # Checking again: the version was seen, nothing new starts.
+    before = templates.get(RG, "follow").properties.last_run_status.start_time
     (outcome,) = check(server)
     assert outcome["result"] == "unchanged"
-    assert len(runs_of(server, "follow")) == 1
+    assert templates.get(RG, "follow").properties.last_run_status.start_time == before
 
     client.triggers.begin_delete(RG, "follow", "source").result()
     with pytest.raises(ResourceNotFoundError):
@@ -157,3 +155,101 @@ def test_a_templates_triggers_go_with_it(server, client) -> None:
     templates.begin_create_or_update(RG, "again", template(f"{DEFINITION}/versions/latest")).result()
     assert list(client.triggers.list_by_image_template(RG, "again")) == []  # a new template has no old triggers
     templates.begin_delete(RG, "again").result()
+
+
+class Mirror:
+    """An apt mirror on 127.0.0.1 with only a Release file: what a PlatformImage `latest` resolves by."""
+
+    def __init__(self, root) -> None:
+        import functools
+        import http.server
+        import threading
+
+        self.root = root
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+        handler = functools.partial(Quiet, directory=str(root))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/debian"
+
+    def release(self, version: str, date: str) -> None:
+        path = self.root / "debian" / "dists" / "bookworm" / "Release"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"Origin: Debian\nLabel: Debian\nSuite: stable\nVersion: {version}\nCodename: bookworm\n"
+                        f"Date: {date}\n")
+
+
+def wait_for_run_started(client, name: str, timeout_s: float = 120) -> str:
+    deadline = time.monotonic() + timeout_s
+    while "a run started" not in (message := client.triggers.get(RG, name, "source").properties.status.message):
+        assert time.monotonic() < deadline, f"the server's schedule did not fire the trigger of {name}: {message}"
+        time.sleep(0.5)
+    return message
+
+
+def cancel_and_wait(client, name: str) -> None:
+    try:
+        client.virtual_machine_image_templates.begin_cancel(RG, name).result()
+    except HttpResponseError as e:
+        assert e.status_code == 409  # it ended (or had not started) first
+    wait_for_end(client, name)
+
+
+def wait_for_end(client, name: str) -> str:
+    """The template's last run's final state (a run canceled while queued has no build run at all)."""
+    deadline = time.monotonic() + 180
+    while (state := client.virtual_machine_image_templates.get(RG, name).properties.last_run_status.run_state) \
+            in ("Running", "Canceling"):
+        assert time.monotonic() < deadline, f"the triggered run of {name} did not end"
+        time.sleep(0.5)
+    return state
+
+
+def test_the_server_fires_on_its_own_schedule_for_replaced_images_and_mirror_updates(tmp_path, disks) -> None:
+    """`kiln serve` checks every `[triggers] interval_s`: a managed image replaced, and a platform
+    image's `latest` resolving to a newer exact version (the local mirror's Release file changed)."""
+    mirror = Mirror(tmp_path / "mirror")
+    mirror.release("12.14", "Sat, 09 May 2026 10:00:00 UTC")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(f'[mirrors]\ndebian = "{mirror.url}"\n\n[triggers]\ninterval_s = 1\n')
+    server = start_server(home)
+    try:
+        client = server.client(server.token("schedule", SUB))
+        image = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/images/base"
+        kiln(home, "image", "import", str(disks[0]), "--id", image, "--location", "westus2")
+        managed = template("unused")
+        managed.properties.source = m.ImageTemplateManagedImageSource(image_id=image)
+        platform = template("unused")
+        platform.properties.source = m.ImageTemplatePlatformImageSource(publisher="Debian", offer="debian-12",
+                                                                        sku="12-gen2", version="latest")
+        for name, body in (("managed", managed), ("platform", platform)):
+            client.virtual_machine_image_templates.begin_create_or_update(RG, name, body).result()
+            t = client.triggers.begin_create_or_update(RG, name, "source",
+                                                       m.Trigger(properties=m.SourceImageTriggerProperties())).result()
+            assert t.properties.status.code == "Healthy", t.properties.status.message
+        assert "12.14.20260509" in client.triggers.get(RG, "platform", "source").properties.status.message
+        time.sleep(3)  # a few scheduled checks: nothing changed, nothing starts
+        assert runs_of(server, "managed") == [] and runs_of(server, "platform") == []
+
+        kiln(home, "image", "delete", image)
+        kiln(home, "image", "import", str(disks[1]), "--id", image, "--location", "westus2")
+        assert "source image replaced: managed image" in wait_for_run_started(client, "managed")
+        cancel_and_wait(client, "managed")
+
+        mirror.release("12.15", "Sat, 11 Jul 2026 10:00:00 UTC")
+        message = wait_for_run_started(client, "platform")
+        assert "12.15.20260711" in message and "newer than 12.14.20260509" in message
+        cancel_and_wait(client, "platform")
+        started = {n: client.virtual_machine_image_templates.get(RG, n).properties.last_run_status.start_time
+                   for n in ("managed", "platform")}
+        time.sleep(3)  # more scheduled checks: what was seen starts nothing again
+        for name in ("managed", "platform"):
+            assert client.virtual_machine_image_templates.get(RG, name).properties.last_run_status.start_time \
+                == started[name]
+    finally:
+        server.stop()
+        mirror.httpd.shutdown()
