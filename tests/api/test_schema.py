@@ -289,3 +289,11 @@ def test_run_and_cancel_answers_conform(schema, server, auth) -> None:
     assert got.json()["properties"]["lastRunStatus"]["runState"] == "Failed"
     assert _check(schema, server, auth, "POST", "{P}/{imageTemplateName}/cancel", "schema-run").status_code == 409
     assert _check(schema, server, auth, "DELETE", "{P}/{imageTemplateName}", "schema-run").status_code == 202
+
+
+def test_a_template_put_back_as_get_answered_it_is_the_same_template(schema, server, auth, existing) -> None:
+    """What a GET answers (read-only fields, identity {type: None} for none) PUT back changes nothing: 200."""
+    got = _check(schema, server, auth, "GET", "{P}/{imageTemplateName}", existing).json()
+    again = _check(schema, server, auth, "PUT", "{P}/{imageTemplateName}", existing, got)
+    assert again.status_code == 200, again.text
+    assert again.json()["identity"] == {"type": "None"}

@@ -39,7 +39,7 @@ LOG_CHUNK = 64 * 1024
 CallNext = Callable[[Request], Awaitable[Response]]
 _CANONICAL = {w.lower(): w for w in ("subscriptions", "resourceGroups", "providers", PROVIDER, "imageTemplates",
                                      "runOutputs", "runs", "log", "run", "cancel", "locations", "operations",
-                                     "operationResults", "Microsoft.Compute", "Microsoft.DevTestLab", "triggers")}
+                                     "operationResults", "Microsoft.Compute", "Microsoft.DevTestLab", "triggers", "customimages")}
 
 
 def create_app(service: Service) -> FastAPI:

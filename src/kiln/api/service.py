@@ -39,6 +39,7 @@ from kiln.store.runs import FINAL_STATES, Run
 from kiln.store.store import Store
 
 PROVIDER = "Microsoft.VirtualMachineImages"
+READ_ONLY_PROPERTIES = ("provisioningState", "provisioningError", "lastRunStatus", "exactStagingResourceGroup")
 RESTARTED = "the kiln server restarted while this run was in progress; nothing was published; run it again"
 STOPPED = "the kiln server stopped while this run was in progress; nothing was published; run it again"
 
@@ -107,6 +108,8 @@ class Service:
     def put(self, rid: ResourceId, body: dict[str, Any], api_version: str, who: str, base: str) -> tuple[int, dict[str, Any], Operation | None]:
         """Create (201 and an operation) or confirm an identical template (200)."""
         clean = {k: body[k] for k in WRITABLE if k in body}
+        if isinstance(clean.get("properties"), dict):  # read-only: what a GET answered, PUT back, is ignored
+            clean["properties"] = {k: v for k, v in clean["properties"].items() if k not in READ_ONLY_PROPERTIES}
         clean["apiVersion"] = api_version
         self._check(clean, rid)
         res = self.resources()
@@ -345,7 +348,10 @@ def drop_none(value: Any) -> Any:
 
 
 def _comparable(body: dict[str, Any]) -> str:
-    return json.dumps({k: body.get(k) for k in WRITABLE}, sort_keys=True)
+    values = {k: body.get(k) for k in WRITABLE}
+    if values["identity"] in (None, {"type": "None"}):  # what a GET answers for none: PUT back, it is the same
+        values["identity"] = None
+    return json.dumps(values, sort_keys=True)
 
 
 def operation_path(subscription: str, location: str, op_id: str, kind: str = "operations") -> str:
