@@ -197,9 +197,11 @@ def start_pending(service: Service) -> list[tuple[Trigger, str]]:
             op = service.run(t.template_id)
         except ArmError as e:
             if e.status == 409:  # a run is in progress: this one starts when it has ended
-                triggers.set_status(t.id, HEALTHY, f"a run was asked for ({t.pending}); it waits for the run in progress")
+                code, message = HEALTHY, f"a run was asked for ({t.pending}); it waits for the run in progress"
             else:
-                triggers.set_status(t.id, UNHEALTHY, f"the run asked for could not start: {e.message}")
+                code, message = UNHEALTHY, f"the run asked for could not start: {e.message}"
+            if (code, message) != (t.status_code, t.status_message):  # asked every second: written once
+                triggers.set_status(t.id, code, message)
             continue
         triggers.started(t.id, t.pending, op.id, f"{t.pending}; a run started at {_iso_now()} (operation {op.id})")
         started.append((t, op.id))
