@@ -1,4 +1,4 @@
-"""Assemble a root tree into a bootable GPT/UEFI disk, without mounting anything.
+"""Assemble a root tree into a bootable hybrid GPT disk (UEFI and BIOS), without mounting anything.
 
 These machines cannot mount vfat and their loop devices have no partition nodes, so the disk is
 written the way a disk writer would: the partition table with `sfdisk` on the image file, the EFI
@@ -6,11 +6,14 @@ system partition formatted with `mkfs.vfat --offset` and filled with mtools (`im
 and the root filesystem written in place by `mkfs.ext4 -d ROOT -E offset=…`, which copies owners,
 modes, xattrs, hardlinks and device nodes straight from the tree.
 
-The layout is what Azure's generation 2 Linux images have: GPT, an ESP with systemd-boot (the
-host's signed-or-not `systemd-bootx64.efi`, as `EFI/BOOT/BOOTX64.EFI` so firmware without boot
-entries finds it), the kernel and initrd beside a Boot Loader Specification entry, and one ext4
-root. Partitions start and end on MiB boundaries and the whole disk is a whole number of MiB
-(Azure rejects anything else); the file is sparse.
+The layout is hybrid, as Debian's cloud images are, so one disk boots as Hyper-V generation 2
+(UEFI) and generation 1 (BIOS): GPT; a 1 MiB BIOS boot partition first on the disk (partition 3)
+holding GRUB's core.img, with GRUB's boot code in the protective MBR (`kiln.disk.bios`); an ESP
+(partition 1) with systemd-boot (the host's signed-or-not `systemd-bootx64.efi`, as
+`EFI/BOOT/BOOTX64.EFI` so firmware without boot entries finds it), the kernel and initrd beside a
+Boot Loader Specification entry; and one ext4 root (partition 2), last so it can grow. Partitions
+start and end on MiB boundaries and the whole disk is a whole number of MiB (Azure rejects
+anything else); the file is sparse.
 
 The tree is made bootable first (`kiln.disk.boot.prepare_boot`), which chooses the filesystem ids
 and writes them where the booted system reads them; its `BootConfig` is handed to
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.disk import bios
 from kiln.disk.boot import BootConfig, fat_uuid
 from kiln.errors import BuildFailed, InvalidInput
 from kiln.events import Monitor, NullMonitor
@@ -69,10 +73,17 @@ class DiskLayout:
     root: Partition
     kernel_version: str
     cmdline: str
+    bios_boot: Partition  # GRUB's core.img; the MBR's boot code loads it (hyperVGeneration V1)
 
     @property
     def partitions(self) -> tuple[Partition, ...]:
-        return (self.esp, self.root)
+        """In partition-number order (the BIOS boot partition is first on the disk, number 3)."""
+        return (self.esp, self.root, self.bios_boot)
+
+    @property
+    def generations(self) -> tuple[str, ...]:
+        """The Hyper-V generations the layout boots: BIOS (V1) and UEFI (V2)."""
+        return ("V1", "V2")
 
 
 # ----------------------------------------------------------------------------------- assemble_disk
@@ -92,23 +103,27 @@ def assemble_disk(
     kernel, initrd, version = find_kernel(root)
     if not SYSTEMD_BOOT_EFI.is_file():
         raise BuildFailed(f"{SYSTEMD_BOOT_EFI} is missing", hint="install systemd-boot-efi (scripts/setup does)")
+    bios.check_host()
 
     esp_size = max(_MIN_ESP, _align_up(2 * (kernel.stat().st_size + initrd.stat().st_size) + 16 * MiB, MiB))
     used, inodes = _tree_usage(root)
     total = _disk_size(size_bytes, used, esp_size)
-    root_size = total - _FIRST_PARTITION - esp_size - _TAIL
+    root_size = total - _FIRST_PARTITION - bios.BIOS_BOOT_SIZE - esp_size - _TAIL
     needed = _root_needs(used)
     if root_size < needed:
+        overhead = _FIRST_PARTITION + bios.BIOS_BOOT_SIZE + esp_size + _TAIL
         raise InvalidInput(
             f"the disk size {total / GiB:.0f} GiB is too small for this image: its root needs "
-            f"{(needed + esp_size + 2 * MiB) / GiB:.1f} GiB",
+            f"{(needed + overhead) / GiB:.1f} GiB",
             path=".properties.vmProfile.osDiskSizeGB",
-            hint=f"set osDiskSizeGB to at least {-(-(needed + esp_size + 2 * MiB) // GiB)}, or leave it out",
+            hint=f"set osDiskSizeGB to at least {-(-(needed + overhead) // GiB)}, or leave it out",
         )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     disk_guid = str(uuid.uuid4())
-    esp = Partition(1, ESP_TYPE, str(uuid.uuid4()), "EFI System", _FIRST_PARTITION, esp_size,
+    bios_boot = Partition(3, bios.BIOS_BOOT_TYPE, str(uuid.uuid4()), "BIOS boot", _FIRST_PARTITION,
+                          bios.BIOS_BOOT_SIZE, "")
+    esp = Partition(1, ESP_TYPE, str(uuid.uuid4()), "EFI System", bios_boot.offset + bios_boot.size, esp_size,
                     fat_uuid(boot.esp_volume_id))
     rootp = Partition(2, ROOT_X86_64_TYPE, str(uuid.uuid4()), "root", esp.offset + esp.size, root_size,
                       boot.root_fs_uuid)
@@ -117,14 +132,17 @@ def assemble_disk(
     try:
         with open(out, "wb") as f:
             f.truncate(total)  # sparse: only what the filesystems write takes space
-        _timed(monitor, "partition table", lambda: _write_gpt(out, disk_guid, esp, rootp))
+        _timed(monitor, "partition table", lambda: _write_gpt(out, disk_guid, (esp, rootp, bios_boot)))
         _timed(monitor, "ESP (vfat, systemd-boot)",
                lambda: _write_esp(out, esp, boot, kernel, initrd, version))
         _timed(monitor, "root (ext4 from the tree)", lambda: _write_root(out, rootp, root, inodes))
+        # Last, so no file system tool can touch the MBR after GRUB's code is in it.
+        _timed(monitor, "BIOS boot (GRUB core.img, MBR boot code)",
+               lambda: _write_bios_boot(out, bios_boot, root, boot, version))
     except BaseException:
         out.unlink(missing_ok=True)
         raise
-    return DiskLayout(out, total, disk_guid, esp, rootp, version, boot.cmdline)
+    return DiskLayout(out, total, disk_guid, esp, rootp, version, boot.cmdline, bios_boot)
 
 
 def find_kernel(root: Path) -> tuple[Path, Path, str]:
@@ -168,7 +186,7 @@ def _disk_size(size_bytes: int | None, used: int, esp_size: int) -> int:
         return _align_up(size_bytes, MiB)
     # Content plus a quarter (at least 1 GiB) of free space, rounded up to whole GiB as Azure's are.
     root = _root_needs(used) + max(GiB, used // 4)
-    return _align_up(_FIRST_PARTITION + esp_size + root + _TAIL, GiB)
+    return _align_up(_FIRST_PARTITION + bios.BIOS_BOOT_SIZE + esp_size + root + _TAIL, GiB)
 
 
 def _align_up(n: int, to: int) -> int:
@@ -181,14 +199,15 @@ def _timed(monitor: Monitor, what: str, fn: Callable[[], None]) -> None:
     monitor.log(f"assemble: {what} in {time.monotonic() - t0:.1f} s")
 
 
-def _write_gpt(out: Path, disk_guid: str, esp: Partition, rootp: Partition) -> None:
+def _write_gpt(out: Path, disk_guid: str, partitions: tuple[Partition, ...]) -> None:
     # sfdisk (util-linux), not sgdisk: sgdisk ends with a global sync(), which on a busy host
     # waits for everyone's dirty pages (1-2 s measured); sfdisk fsyncs only the image file.
     def line(p: Partition) -> str:
-        return (f'start={p.offset // SECTOR}, size={p.size // SECTOR}, type={p.type_guid}, '
+        return (f'{out}{p.number} : start={p.offset // SECTOR}, size={p.size // SECTOR}, type={p.type_guid}, '
                 f'uuid={p.part_guid}, name="{p.label}"')
 
-    script = f"label: gpt\nlabel-id: {disk_guid}\n{line(esp)}\n{line(rootp)}\n"
+    body = "\n".join(line(p) for p in sorted(partitions, key=lambda p: p.number))
+    script = f"label: gpt\nlabel-id: {disk_guid}\n{body}\n"
     run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "--wipe", "never", out], input=script, capture=True)
 
 
@@ -235,3 +254,8 @@ def _write_root(out: Path, rootp: Partition, root: Path, inodes: int) -> None:
     if inodes * 2 > rootp.size // 16384:
         cmd += ["-N", str(inodes * 2 + 16384)]
     run([*cmd, out, f"{rootp.size // 1024}k"], capture=True)
+
+
+def _write_bios_boot(out: Path, part: Partition, root: Path, boot: BootConfig, version: str) -> None:
+    core = bios.make_core_image(bios.grub_config(root, boot, version), out.parent)
+    bios.install_bios_boot(out, part.offset, part.size, core)
