@@ -37,7 +37,8 @@ import uuid
 from pathlib import Path
 
 from kiln.disk.boot import BootConfig
-from kiln.errors import BuildFailed
+from kiln.disk.formats import detect
+from kiln.errors import BuildFailed, InvalidInput
 from kiln.run import run
 
 SECTOR = 512
@@ -193,53 +194,82 @@ def _grub_word(word: str) -> str:
 
 
 def boot_generations(disk: Path, fmt: str) -> tuple[str, ...]:
-    """Which Hyper-V generations can boot `disk`, read from its bytes: ("V1", "V2"), one, or ()."""
+    """Which Hyper-V generations can boot `disk`, read from its bytes: ("V1", "V2"), one, or ().
+
+    V1 (BIOS) needs boot code in the MBR and, on a GPT disk, something for it to load: a BIOS
+    boot partition or a legacy-BIOS-bootable partition that is not blank. V2 (UEFI) needs an EFI
+    system partition. Neither looks inside the file systems: this is about what firmware can start.
+    """
     head = _read(disk, fmt, 0, 34 * SECTOR)
     if len(head) < 2 * SECTOR or head[510:512] != b"\x55\xaa":
-        gpt = head[SECTOR:SECTOR + 8] == b"EFI PART" if len(head) >= 2 * SECTOR else False
-        if not gpt:
-            return ()
+        return ()  # no MBR: not even a protective one, so no firmware of either kind boots it
     has_code = any(head[:_BOOT_CODE])
-    mbr_types = [head[0x1BE + 16 * i + 4] for i in range(4)] if head[510:512] == b"\x55\xaa" else []
-    if head[SECTOR:SECTOR + 8] != b"EFI PART":  # an MBR disk
-        bios = has_code and any(t not in (0, _MBR_PROTECTIVE) for t in mbr_types)
-        uefi = _MBR_ESP in mbr_types
-        return tuple(g for g, ok in (("V1", bios), ("V2", uefi)) if ok)
+    if head[SECTOR:SECTOR + 8] != b"EFI PART":  # an MBR-partitioned disk
+        types = [head[0x1BE + 16 * i + 4] for i in range(4)]
+        bios = has_code and any(t not in (0, _MBR_PROTECTIVE) for t in types)
+        return _generations(bios, _MBR_ESP in types)
     entries_lba, count, entry_size = struct.unpack_from("<QII", head, SECTOR + 72)
-    table_bytes = count * entry_size
-    if entries_lba == 2 and 2 * SECTOR + table_bytes <= len(head):
-        table = head[2 * SECTOR:2 * SECTOR + table_bytes]
-    else:
-        table = _read(disk, fmt, entries_lba * SECTOR, table_bytes)
-    bios_parts, uefi = [], False
-    for i in range(min(count, len(table) // max(entry_size, 1))):
+    if entry_size < 128 or count > 1024:
+        return _generations(False, False)  # not a GPT header kiln can trust
+    table = _read(disk, fmt, entries_lba * SECTOR, -(-count * entry_size // SECTOR) * SECTOR)
+    uefi, loadable = False, []
+    for i in range(min(count, len(table) // entry_size)):
         entry = table[i * entry_size:(i + 1) * entry_size]
+        if not any(entry[:16]):
+            continue  # an unused entry
         type_guid = str(uuid.UUID(bytes_le=entry[:16])).upper()
-        first = struct.unpack_from("<Q", entry, 32)[0]
-        attributes = struct.unpack_from("<Q", entry, 48)[0]
+        first, _last, attributes = struct.unpack_from("<QQQ", entry, 32)
         if type_guid == ESP_TYPE:
             uefi = True
-        elif type_guid == BIOS_BOOT_TYPE or (attributes & _LEGACY_BIOS_BOOTABLE and type_guid != "0" * 8 + "-0000-0000-0000-" + "0" * 12):
-            bios_parts.append(first)
-    # Boot code alone is not enough on GPT: it must have something to load.
-    bios = has_code and any(any(_read(disk, fmt, lba * SECTOR, SECTOR)) for lba in bios_parts)
+        if type_guid == BIOS_BOOT_TYPE or attributes & _LEGACY_BIOS_BOOTABLE:
+            loadable.append(first)
+    bios = has_code and any(any(_read(disk, fmt, lba * SECTOR, SECTOR)) for lba in loadable)
+    return _generations(bios, uefi)
+
+
+def require_generation(generation: str, boots: tuple[str, ...], *, what: str, path: str = "",
+                       file: str = "", hint: str = "") -> None:
+    """Refuse to make `what` (an image, a gallery image version) a `generation` one when its disk,
+    which boots `boots`, cannot boot that way. V1 must be proven by the disk; V2, kiln's default,
+    is refused only for a disk known to boot BIOS alone (kiln has always taken any disk as V2)."""
+    if generation == "V1" and "V1" not in boots:
+        raise InvalidInput(
+            f"{what} is hyperVGeneration V1 (BIOS), but its disk cannot boot with BIOS: "
+            + ("it boots only with UEFI (V2)" if boots == ("V2",) else "it has no BIOS boot code")
+            + " (no GRUB boot code in the MBR with a BIOS boot partition for it to load)",
+            path=path, file=file,
+            hint=hint or "use hyperVGeneration V2 for a UEFI-only disk, or give a hybrid disk (a BIOS boot "
+                         "partition and MBR boot code, as every disk kiln builds has)")
+    if generation == "V2" and boots == ("V1",):
+        raise InvalidInput(
+            f"{what} is hyperVGeneration V2 (UEFI), but its disk boots only with BIOS (it has no EFI system partition)",
+            path=path, file=file, hint=hint or "use hyperVGeneration V1 for a BIOS-only disk")
+
+
+def _generations(bios: bool, uefi: bool) -> tuple[str, ...]:
     return tuple(g for g, ok in (("V1", bios), ("V2", uefi)) if ok)
 
 
 def _read(disk: Path, fmt: str, offset: int, length: int) -> bytes:
     """`length` bytes of the disk's data at `offset` (short at its end). Raw data and fixed VHDs
-    are read in place; qcow2 and dynamic VHDs through `qemu-img dd`."""
+    are read in place; qcow2 and dynamic VHDs through `qemu-img dd` on a raw slice of the image
+    (QEMU 7.2's `dd skip=` counts `count` from the start of the disk, so no skip is used)."""
     if fmt == "raw" or (fmt == "vpc" and _fixed_vhd(disk)):
         with open(disk, "rb") as f:
             f.seek(offset)
             return f.read(length)
     if offset % SECTOR or length % SECTOR:
         raise ValueError("reads through qemu-img are whole sectors")
+    length = min(length, max(0, detect(disk).virtual_size - offset))
+    if not length:
+        return b""
+    name = str(Path(disk).absolute()).replace(",", ",,")  # the option syntax doubles commas
+    opts = f"driver=raw,offset={offset},size={length},file.driver={fmt},file.file.driver=file,file.file.filename={name}"
     with tempfile.TemporaryDirectory(prefix=".kiln-probe-") as tmp:
-        out = Path(tmp) / "part.raw"
-        run(["qemu-img", "dd", "-f", fmt, "-O", "raw", f"bs={SECTOR}", f"skip={offset // SECTOR}",
-             f"count={length // SECTOR}", f"if={disk}", f"of={out}"], capture=True)
-        return out.read_bytes() if out.exists() else b""
+        out = Path(tmp) / "slice.raw"
+        run(["qemu-img", "dd", "--image-opts", "-O", "raw", f"bs={SECTOR}", f"count={length // SECTOR}",
+             f"if={opts}", f"of={out}"], capture=True)
+        return out.read_bytes()
 
 
 def _fixed_vhd(disk: Path) -> bool:

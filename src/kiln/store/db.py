@@ -176,6 +176,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
             ended REAL)""",
         "CREATE INDEX api_operations_by_template ON api_operations (template_key, created)",
     ),
+    # 4: which Hyper-V generations an image's or version's disk boots, read from the disk when it
+    # was published ("V1,V2" for kiln's hybrid disks; '' for rows made before this: unknown).
+    (
+        "ALTER TABLE images ADD COLUMN boot_generations TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE gallery_image_versions ADD COLUMN boot_generations TEXT NOT NULL DEFAULT ''",
+    ),
 ]
 
 
