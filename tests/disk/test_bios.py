@@ -18,6 +18,7 @@ import pytest
 from kiln.disk.bios import GRUB_PC, boot_generations
 from kiln.run import run
 from kiln.sandbox.vm import VirtualMachine
+from store_helpers import kiln_cmd, snapshot
 
 from .conftest import BuiltDisk, sha256_of
 
@@ -111,3 +112,21 @@ def test_the_same_disk_boots_to_login_under_ovmf(uefi_login: Login, built_disk: 
 
 def test_booting_left_the_disk_unchanged(bios_login: Login, uefi_login: Login, built_disk: BuiltDisk) -> None:
     assert sha256_of(built_disk.layout.path) == built_disk.sha256
+
+
+def test_a_v1_import_of_the_disk_without_its_bios_half_is_refused(built_disk: BuiltDisk, tmp_path: Path,
+                                                                   kiln_home: Path) -> None:
+    # The same real disk with its MBR boot code wiped: what a UEFI-only (generation 2) VM's disk is.
+    uefi_only = tmp_path / "uefi-only.raw"
+    run(["cp", "--sparse=always", built_disk.layout.path, uefi_only])
+    with open(uefi_only, "r+b") as f:
+        f.write(bytes(440))
+    assert boot_generations(uefi_only, "raw") == ("V2",)
+    image_id = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Compute/images/uefi-only"
+    kiln_cmd(kiln_home, "image", "list", check=True)
+    before = snapshot(kiln_home)
+    proc = kiln_cmd(kiln_home, "image", "import", str(uefi_only), "--id", image_id, "--hyper-v-generation", "V1")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out, out
+    assert ".properties.hyperVGeneration" in out and "cannot boot with BIOS" in out and "hint:" in out
+    assert snapshot(kiln_home) == before
