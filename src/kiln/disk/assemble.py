@@ -1,4 +1,4 @@
-"""Assemble a root tree into a bootable hybrid GPT disk (UEFI and BIOS), without mounting anything.
+"""Assemble a root tree into a bootable GPT/UEFI disk, without mounting anything.
 
 These machines cannot mount vfat and their loop devices have no partition nodes, so the disk is
 written the way a disk writer would: the partition table with `sfdisk` on the image file, the EFI
@@ -6,14 +6,16 @@ system partition formatted with `mkfs.vfat --offset` and filled with mtools (`im
 and the root filesystem written in place by `mkfs.ext4 -d ROOT -E offset=…`, which copies owners,
 modes, xattrs, hardlinks and device nodes straight from the tree.
 
-The layout is hybrid, as Debian's cloud images are, so one disk boots as Hyper-V generation 2
-(UEFI) and generation 1 (BIOS): GPT; a 1 MiB BIOS boot partition first on the disk (partition 3)
-holding GRUB's core.img, with GRUB's boot code in the protective MBR (`kiln.disk.bios`); an ESP
-(partition 1) with systemd-boot (the host's signed-or-not `systemd-bootx64.efi`, as
-`EFI/BOOT/BOOTX64.EFI` so firmware without boot entries finds it), the kernel and initrd beside a
-Boot Loader Specification entry; and one ext4 root (partition 2), last so it can grow. Partitions
-start and end on MiB boundaries and the whole disk is a whole number of MiB (Azure rejects
-anything else); the file is sparse.
+The layout is what Azure's generation 2 Linux images have: GPT, an ESP with systemd-boot (the
+host's signed-or-not `systemd-bootx64.efi`, as `EFI/BOOT/BOOTX64.EFI` so firmware without boot
+entries finds it), the kernel and initrd beside a Boot Loader Specification entry, and one ext4
+root. Partitions start and end on MiB boundaries and the whole disk is a whole number of MiB
+(Azure rejects anything else); the file is sparse.
+
+The disk is hybrid too, as Debian's cloud images are, so it also boots as Hyper-V generation 1
+(BIOS): a 1 MiB BIOS boot partition (partition 3, first on the disk) holds GRUB's core.img and the
+protective MBR carries GRUB's boot code (`kiln.disk.bios`). The ESP is partition 1 and the root
+partition 2, last on the disk.
 
 The tree is made bootable first (`kiln.disk.boot.prepare_boot`), which chooses the filesystem ids
 and writes them where the booted system reads them; its `BootConfig` is handed to
@@ -48,7 +50,8 @@ LINUX_DATA_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 SYSTEMD_BOOT_EFI = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 
 
-_FIRST_PARTITION = 1 * MiB  # room for the protective MBR and the primary GPT, aligned
+_BIOS_BOOT = 1 * MiB  # after the protective MBR and the primary GPT, aligned: the BIOS boot partition
+_FIRST_PARTITION = _BIOS_BOOT + bios.BIOS_BOOT_SIZE  # the ESP's start: the BIOS boot partition is before it
 _TAIL = 1 * MiB  # the backup GPT lives in the last 33 sectors; keep the root partition MiB-aligned
 _MIN_ESP = 128 * MiB  # FAT32 wants >= 65525 clusters; 128 MiB is comfortably above that with 512 B ones
 
@@ -80,11 +83,6 @@ class DiskLayout:
         """In partition-number order (the BIOS boot partition is first on the disk, number 3)."""
         return (self.esp, self.root, self.bios_boot)
 
-    @property
-    def generations(self) -> tuple[str, ...]:
-        """The Hyper-V generations the layout boots: BIOS (V1) and UEFI (V2)."""
-        return ("V1", "V2")
-
 
 # ----------------------------------------------------------------------------------- assemble_disk
 
@@ -103,15 +101,14 @@ def assemble_disk(
     kernel, initrd, version = find_kernel(root)
     if not SYSTEMD_BOOT_EFI.is_file():
         raise BuildFailed(f"{SYSTEMD_BOOT_EFI} is missing", hint="install systemd-boot-efi (scripts/setup does)")
-    bios.check_host()
 
     esp_size = max(_MIN_ESP, _align_up(2 * (kernel.stat().st_size + initrd.stat().st_size) + 16 * MiB, MiB))
     used, inodes = _tree_usage(root)
     total = _disk_size(size_bytes, used, esp_size)
-    root_size = total - _FIRST_PARTITION - bios.BIOS_BOOT_SIZE - esp_size - _TAIL
+    root_size = total - _FIRST_PARTITION - esp_size - _TAIL
     needed = _root_needs(used)
     if root_size < needed:
-        overhead = _FIRST_PARTITION + bios.BIOS_BOOT_SIZE + esp_size + _TAIL
+        overhead = _FIRST_PARTITION + esp_size + _TAIL
         raise InvalidInput(
             f"the disk size {total / GiB:.0f} GiB is too small for this image: its root needs "
             f"{(needed + overhead) / GiB:.1f} GiB",
@@ -119,11 +116,11 @@ def assemble_disk(
             hint=f"set osDiskSizeGB to at least {-(-(needed + overhead) // GiB)}, or leave it out",
         )
 
+    bios.check_host()
     out.parent.mkdir(parents=True, exist_ok=True)
     disk_guid = str(uuid.uuid4())
-    bios_boot = Partition(3, bios.BIOS_BOOT_TYPE, str(uuid.uuid4()), "BIOS boot", _FIRST_PARTITION,
-                          bios.BIOS_BOOT_SIZE, "")
-    esp = Partition(1, ESP_TYPE, str(uuid.uuid4()), "EFI System", bios_boot.offset + bios_boot.size, esp_size,
+    bios_boot = Partition(3, bios.BIOS_BOOT_TYPE, str(uuid.uuid4()), "BIOS boot", _BIOS_BOOT, bios.BIOS_BOOT_SIZE, "")
+    esp = Partition(1, ESP_TYPE, str(uuid.uuid4()), "EFI System", _FIRST_PARTITION, esp_size,
                     fat_uuid(boot.esp_volume_id))
     rootp = Partition(2, ROOT_X86_64_TYPE, str(uuid.uuid4()), "root", esp.offset + esp.size, root_size,
                       boot.root_fs_uuid)
@@ -186,7 +183,7 @@ def _disk_size(size_bytes: int | None, used: int, esp_size: int) -> int:
         return _align_up(size_bytes, MiB)
     # Content plus a quarter (at least 1 GiB) of free space, rounded up to whole GiB as Azure's are.
     root = _root_needs(used) + max(GiB, used // 4)
-    return _align_up(_FIRST_PARTITION + bios.BIOS_BOOT_SIZE + esp_size + root + _TAIL, GiB)
+    return _align_up(_FIRST_PARTITION + esp_size + root + _TAIL, GiB)
 
 
 def _align_up(n: int, to: int) -> int:
@@ -203,10 +200,10 @@ def _write_gpt(out: Path, disk_guid: str, partitions: tuple[Partition, ...]) -> 
     # sfdisk (util-linux), not sgdisk: sgdisk ends with a global sync(), which on a busy host
     # waits for everyone's dirty pages (1-2 s measured); sfdisk fsyncs only the image file.
     def line(p: Partition) -> str:
-        return (f'{out}{p.number} : start={p.offset // SECTOR}, size={p.size // SECTOR}, type={p.type_guid}, '
+        return (f'start={p.offset // SECTOR}, size={p.size // SECTOR}, type={p.type_guid}, '
                 f'uuid={p.part_guid}, name="{p.label}"')
 
-    body = "\n".join(line(p) for p in sorted(partitions, key=lambda p: p.number))
+    body = "\n".join(line(p) for p in sorted(partitions, key=lambda p: p.number))  # sfdisk numbers them in order
     script = f"label: gpt\nlabel-id: {disk_guid}\n{body}\n"
     run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "--wipe", "never", out], input=script, capture=True)
 
