@@ -66,7 +66,7 @@ _BLOCKLIST_END = SECTOR
 _BLOCKLIST_SIZE = 12
 _LOAD_SEGMENT = 0x820  # GRUB_BOOT_I386_PC_KERNEL_SEG (0x800) + one sector (0x20 paragraphs)
 
-ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"  # as kiln.disk.assemble's (which imports this module)
 _MBR_ESP = 0xEF
 _MBR_PROTECTIVE = 0xEE
 _LEGACY_BIOS_BOOTABLE = 1 << 2  # GPT partition attribute bit 2 (syslinux's gptmbr boots that partition)
@@ -91,8 +91,8 @@ def grub_config(root: Path, boot: BootConfig, kernel_version: str) -> str:
         ("previous kernel", "/vmlinuz.old", "/initrd.img.old"),
         ("previous kernel", "/boot/vmlinuz.old", "/boot/initrd.img.old"),
     ]
-    # Only the links the tree has (a missing entry costs GRUB's 2.5 s fallback pause); the
-    # kernel the image was built with is always last, so a disk without links still boots.
+    # Only the links the tree has (a missing one would cost an error and GRUB's pause before each
+    # fallback); the kernel the image was built with is always last, so a disk without links boots.
     entries = [(title, k, i) for title, k, i in candidates if _is_link_or_file(root, k) and _is_link_or_file(root, i)]
     entries.append((f"Linux {kernel_version} (as built)", f"/boot/vmlinuz-{kernel_version}",
                     f"/boot/initrd.img-{kernel_version}"))
