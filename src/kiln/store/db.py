@@ -195,6 +195,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
             last_reason TEXT NOT NULL DEFAULT '')""",
         "CREATE INDEX api_triggers_by_template ON api_triggers (template_key)",
     ),
+    # 5: which Hyper-V generations an image's or version's disk boots, read from the disk when it
+    # was published ("V1,V2" for kiln's hybrid disks; '' for rows made before this: unknown).
+    (
+        "ALTER TABLE images ADD COLUMN boot_generations TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE gallery_image_versions ADD COLUMN boot_generations TEXT NOT NULL DEFAULT ''",
+    ),
 ]
 
 
