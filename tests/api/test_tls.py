@@ -145,3 +145,20 @@ def test_tls_mistakes_are_clear_errors(tmp_path: Path) -> None:
     for args, message in cases:
         r = kiln(tmp_path / "home", "serve", "--port", "1", *args, check=False)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_kilns_certificate_is_made_again_when_near_its_end_or_not_naming_the_address(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "tls").mkdir(parents=True)
+    cert, key = openssl_cert(tmp_path, "old")  # valid for 2 days: within the renewal window
+    (home / "tls" / "serve.crt").write_bytes(cert.read_bytes())
+    (home / "tls" / "serve.key").write_bytes(key.read_bytes())
+    renewed = json.loads(kiln(home, "serve", "cert", "--json").stdout)
+    assert renewed["createdNow"] and renewed["sha256Fingerprint"] != sha256_of_pem(cert)
+    again = json.loads(kiln(home, "serve", "cert", "--json").stdout)
+    assert not again["createdNow"] and again["sha256Fingerprint"] == renewed["sha256Fingerprint"]
+    other = json.loads(kiln(home, "serve", "cert", "--host", "127.0.0.2", "--json").stdout)
+    assert other["createdNow"]
+    text = subprocess.run(["openssl", "x509", "-in", other["certificate"], "-noout", "-ext", "subjectAltName"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "IP Address:127.0.0.2" in text and "IP Address:127.0.0.1" in text and "DNS:localhost" in text
