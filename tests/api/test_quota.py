@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,7 +92,12 @@ def test_past_the_limit_a_run_is_429_for_that_token_only(tmp_path: Path, mirror:
         for name in ("one", "two", "three"):
             a.begin_create_or_update(RG, name, template()).result()
 
-        first = a.begin_run(RG, "one")  # in progress: its bootstrap is reading the mirror's Release
+        first = a.begin_run(RG, "one")  # in progress: soon its bootstrap is reading the mirror's Release
+        deadline = time.monotonic() + 120
+        while not mirror.requests:
+            assert time.monotonic() < deadline, "the build never asked the mirror"
+            time.sleep(0.2)
+        assert mirror.requests[0].startswith("GET /debian/dists/")
         assert a.get(RG, "one").properties.last_run_status.run_state == "Running"
         with pytest.raises(HttpResponseError) as e:
             a.begin_run(RG, "two")
@@ -122,7 +128,6 @@ def test_past_the_limit_a_run_is_429_for_that_token_only(tmp_path: Path, mirror:
         with pytest.raises(HttpResponseError):
             first.result()
         assert a.get(RG, "one").properties.last_run_status.run_state == "Canceled"
-        assert mirror.requests and mirror.requests[0].startswith("GET /debian/dists/")
         third = a.begin_run(RG, "three")
         for name, poller in (("two", queued), ("three", third)):
             a.begin_cancel(RG, name).result()
