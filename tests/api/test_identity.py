@@ -53,6 +53,10 @@ def test_a_kiln_token_buys_a_jwt_with_its_scope(tls_server: Server) -> None:
     with pytest.raises(HttpResponseError) as e:
         list(other.virtual_machine_image_templates.list())
     assert e.value.status_code == 403
+    # Kiln's catalog under Azure's read paths takes it as well.
+    images = get(tls_server, f"/subscriptions/{SUB}/providers/Microsoft.Compute/images",
+                 params={"api-version": "2024-03-01"}, headers={"Authorization": f"Bearer {jwt}"})
+    assert images.status_code == 200 and images.json()["value"] == []
     # Tampered with, it is nothing.
     head, body_part, sig = jwt.split(".")
     forged = base64.urlsafe_b64encode(json.dumps({**c, "kiln_token": "someone"}).encode()).rstrip(b"=").decode()

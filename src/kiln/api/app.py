@@ -52,7 +52,7 @@ def create_app(service: Service) -> FastAPI:
 
     app = FastAPI(title="kiln", lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     max_body = service.settings.max_body
-    keys = identity.IdentityKeys.load(service.config.home)  # the managed-identity stand-in's JWTs (kiln.api.identity)
+    keys = identity.keys_for(service.config.home)  # the managed-identity stand-in's JWTs (kiln.api.identity)
     quota = RunQuota(service.settings.max_runs_per_token, service.resources)
     app.include_router(identity.router(lambda: Tokens(service.store().catalog), keys))
     app.include_router(metadata.router(service.store, service.config, keys))

@@ -19,6 +19,7 @@ client sends) is refused: kiln has no machine identity to lend.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -64,6 +65,12 @@ class IdentityKeys:
                 os.unlink(tmp)
         data = json.loads(path.read_text())
         return cls(data["tenantId"], bytes.fromhex(data["signingKey"]))
+
+
+@functools.lru_cache(maxsize=8)
+def keys_for(home: Path) -> IdentityKeys:
+    """The state home's keys, read once per process."""
+    return IdentityKeys.load(home)
 
 
 def _b64(data: bytes) -> str:
