@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import Request
 
+from kiln.api import identity
 from kiln.api.errors import ArmError
 from kiln.api.service import Service
 from kiln.store.tokens import Token, Tokens
@@ -28,7 +29,8 @@ def authorize(service: Service, request: Request, sub: str, action: str, *, writ
     if not header:
         raise ArmError(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
     scheme, _, secret = header.partition(" ")
-    token = Tokens(service.store().catalog).check(secret.strip()) if scheme.lower() == "bearer" else None
+    token = identity.authenticate(Tokens(service.store().catalog), identity.keys_for(service.config.home),
+                                  secret.strip()) if scheme.lower() == "bearer" else None  # a kiln token, or its JWT
     if token is None:
         raise ArmError(401, "InvalidAuthenticationToken", "The access token is invalid.")
     if not token.allows(sub) or (write and token.read_only):
