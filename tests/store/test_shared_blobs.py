@@ -337,3 +337,25 @@ def test_without_cluster_nothing_is_shared(kiln_home: Path, raw_disk: Path) -> N
         image = store.images.import_disk(raw_disk, IMAGE, "eastus")
         assert image.disk.path.is_relative_to(kiln_home / "blobs")
         assert store.gc().shared == []
+
+
+@pytest.mark.parametrize("kind", ["s3", "azure"])
+def test_an_unreachable_shared_store_fails_the_publish_cleanly(tmp_path: Path, raw_disk: Path, kind: str) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    if kind == "s3":
+        cluster = (f'[cluster]\nblobs = "s3://{BUCKET}/x"\nblobs_endpoint_url = "{dead}"\nblobs_region = "us-east-1"\n'
+                   'blobs_access_key_id = "testing"\nblobs_secret_access_key = "testing"\n')
+    else:
+        conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+                f"BlobEndpoint={dead}/devstoreaccount1;")
+        cluster = f'[cluster]\nblobs = "azureblob://shared/x"\nblobs_connection_string = "{conn}"\n'
+    (home / "config.toml").write_text(cluster)
+    proc = kiln_cmd(home, "image", "import", str(raw_disk), "--id", IMAGE, "--location", "eastus")
+    assert proc.returncode == 1, proc.stderr
+    scheme = "s3" if kind == "s3" else "azureblob"
+    assert f"shared blobs {scheme}://" in proc.stderr and "failed" in proc.stderr and "Traceback" not in proc.stderr
+    db = sqlite3.connect(home / "catalog.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 0
+    assert db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 0

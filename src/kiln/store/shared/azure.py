@@ -32,13 +32,14 @@ class AzureBlobs(SharedBlobs):
     @cached_property
     def container(self) -> ContainerClient:  # azure is imported here: it is slow to import
         from azure.core.exceptions import AzureError, ResourceExistsError
-        from azure.storage.blob import BlobServiceClient
+        from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
         c = self.config
         conn = c.connection_string or os.environ.get("AZURE_STORAGE_CONNECTION_STRING", "")
-        # A few quick retries: an unreachable account should fail in seconds, not after minutes of backoff.
-        opts = {"retry_total": 2, "retry_backoff_factor": 0.2, "connection_timeout": 20,
-                "max_block_size": PART, "max_single_put_size": PART}
+        # A few quick retries (the SDK's default first backoff is 15 s): an unreachable account
+        # should fail in seconds, not after a minute.
+        opts = {"retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=2),
+                "connection_timeout": 20, "max_block_size": PART, "max_single_put_size": PART}
         if conn:
             svc = BlobServiceClient.from_connection_string(conn, **opts)  # type: ignore[arg-type]
         elif c.account_url:
