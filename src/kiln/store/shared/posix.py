@@ -1,13 +1,15 @@
 """Shared blobs in a folder every host mounts (`[cluster] blobs = "file:///srv/kiln-blobs"`).
 
-Objects are `<root>/<d[:2]>/<digest>.vhd`, like the local store. An upload is written (sparse,
-reflinked where the filesystem can) under a temporary name in `<root>/tmp` and renamed into place
-once fsynced: rename is atomic on local filesystems and NFS alike. The root must already exist,
+Objects are `<root>/<d[:2]>/<digest>.vhd`, like the local store. An upload is written (reflinked
+where the filesystem can, else its data extents copied in the kernel with copy_file_range, holes
+kept) under a temporary name in `<root>/tmp` and renamed into place once fsynced: rename is atomic
+on local filesystems and NFS alike. The root must already exist,
 so an unmounted share fails loudly instead of filling this host's own disk.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -40,7 +42,7 @@ class PosixBlobs(SharedBlobs):
         final = self._path(digest)
         try:
             if not files.try_reflink(path, tmp):
-                files.sparse_copy(path, tmp)
+                copy(path, tmp)
             os.chmod(tmp, 0o444)
             final.parent.mkdir(exist_ok=True)
             os.replace(tmp, final)
@@ -57,7 +59,7 @@ class PosixBlobs(SharedBlobs):
             raise self.missing(digest)
         try:
             if not files.try_reflink(src, dest):
-                files.sparse_copy(src, dest)
+                copy(src, dest)
         except FileNotFoundError as e:  # gc on another host removed it meanwhile
             raise self.missing(digest) from e
         except OSError as e:
@@ -85,3 +87,26 @@ class PosixBlobs(SharedBlobs):
             except FileNotFoundError:
                 pass
         return count
+
+
+def copy(src: Path, dst: Path) -> None:
+    """Copy `src` into the new file `dst`, holes kept: the data extents go through copy_file_range
+    (no trip through user space; NFS can copy on the server), else through kiln's sparse copy."""
+    try:
+        with src.open("rb") as fi, dst.open("xb") as fo:
+            ifd, ofd = fi.fileno(), fo.fileno()
+            size = os.fstat(ifd).st_size
+            os.ftruncate(ofd, size)
+            for start, stop in files.data_extents(ifd, size):
+                pos = start
+                while pos < stop:
+                    n = os.copy_file_range(ifd, ofd, stop - pos, pos, pos)
+                    if n == 0:
+                        break
+                    pos += n
+            os.fsync(ofd)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        dst.unlink(missing_ok=True)
+        files.sparse_copy(src, dst)
