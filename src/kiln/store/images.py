@@ -81,8 +81,8 @@ class Images:
         self.blobs = blobs
         self.regions = regions
 
-    def _row(self, r: sqlite3.Row) -> ManagedImage:
-        blob = self.blobs.get(r["digest"])
+    def _row(self, r: sqlite3.Row, *, fetch: bool = True) -> ManagedImage:
+        blob = self.blobs.get(r["digest"], fetch=fetch)
         return ManagedImage(
             id=ids.parse(r["id"], ids.IMAGE), location=r["location"], os_type=r["os_type"], os_state=r["os_state"],
             hyper_v_generation=r["hyper_v_generation"], digest=r["digest"], disk=blob.disk, tags=json.loads(r["tags"]),
@@ -102,7 +102,8 @@ class Images:
         return image
 
     def list(self) -> list[ManagedImage]:
-        return [self._row(r) for r in self.catalog.query("SELECT * FROM images ORDER BY key")]
+        # A list needs no disk: with shared blobs, it fetches none.
+        return [self._row(r, fetch=False) for r in self.catalog.query("SELECT * FROM images ORDER BY key")]
 
     def delete(self, image_id: str | ResourceId) -> ManagedImage:
         image = self.get(image_id)
