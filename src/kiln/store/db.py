@@ -176,6 +176,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
             ended REAL)""",
         "CREATE INDEX api_operations_by_template ON api_operations (template_key, created)",
     ),
+    # 4: which boot test proved a built image (ssh-login | serial; '' when none ran), on the image
+    # and on the run output that made it (kiln.validate.choose).
+    (
+        "ALTER TABLE images ADD COLUMN boot_test TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE run_outputs ADD COLUMN boot_test TEXT NOT NULL DEFAULT ''",
+    ),
 ]
 
 

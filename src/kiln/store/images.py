@@ -38,6 +38,7 @@ class ManagedImage:
     source: str = ""
     boot_tested: bool = False
     created: float = 0.0
+    boot_test: str = ""  # the boot test that proved it: ssh-login | serial ("" if none)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,7 +61,8 @@ class ManagedImage:
                 "provisioningState": "Succeeded",
             },
             "kiln": {"digest": self.digest, "virtualSize": self.disk.virtual_size, "format": self.disk.format,
-                     "path": str(self.disk.path), "bootTested": self.boot_tested, "created": self.created},
+                     "path": str(self.disk.path), "bootTested": self.boot_tested,
+                     "bootTest": self.boot_test or None, "created": self.created},
         }
 
 
@@ -75,7 +77,7 @@ class Images:
         return ManagedImage(
             id=ids.parse(r["id"], ids.IMAGE), location=r["location"], os_type=r["os_type"], os_state=r["os_state"],
             hyper_v_generation=r["hyper_v_generation"], digest=r["digest"], disk=blob.disk, tags=json.loads(r["tags"]),
-            source=r["source"], boot_tested=bool(r["boot_tested"]), created=r["created"],
+            source=r["source"], boot_tested=bool(r["boot_tested"]), created=r["created"], boot_test=r["boot_test"],
         )
 
     def find(self, image_id: str | ResourceId) -> ManagedImage | None:
@@ -157,6 +159,7 @@ class Images:
         boot_tested: bool = False,
         replace: bool = True,
         monitor: Monitor | None = None,
+        boot_test: str = "",
     ) -> ManagedImage:
         """Make `image_id` name the stored `blob` (replicated to `location` first). The caller holds a lease."""
         region = self.regions.get(location)
@@ -169,9 +172,9 @@ class Images:
             db.execute("DELETE FROM images WHERE key = ?", (image_id.key,))
             db.execute(
                 "INSERT INTO images (key, id, location, os_type, os_state, hyper_v_generation, digest, tags, source,"
-                " boot_tested, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " boot_tested, created, boot_test) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (image_id.key, str(image_id), region.name, os_type, os_state, hyper_v_generation, blob.digest,
-                 dumps(tags or {}), source, int(boot_tested), now()),
+                 dumps(tags or {}), source, int(boot_tested), now(), boot_test),
             )
         return self.get(image_id)
 

@@ -9,7 +9,7 @@ q35 puts CD-ROMs on AHCI, which linux-image-cloud-amd64 lacks), and forwards a f
 
 1. log in as the new user (cloud-init's init stage has created it and sshd is up);
 2. `cloud-init status --wait --long`: `done` is ready, `error` fails the test with cloud-init's
-   own errors (from /run/cloud-init/result.json); systemd's state and failed units are kept;
+   own errors (each stage's, from /run/cloud-init/status.json); systemd's state and failed units are kept;
 3. run each in-VM validation as root through sudo (guest-run.sh), as AIB runs them over SSH.
 
 Nothing of this reaches the published disk: the seed, the key, the user and cloud-init's
@@ -45,7 +45,7 @@ LOGIN_POLL_S = 2.0
 # One SSH session reports cloud-init's and systemd's state (each login costs seconds under TCG).
 STATUS_COMMAND = (
     "cloud-init status --wait --long 2>&1; echo; echo \"KILN-CLOUD-INIT-RC $?\"; "
-    "echo KILN-RESULT-JSON; cat /run/cloud-init/result.json 2>/dev/null; echo; "
+    "echo KILN-RESULT-JSON; cat /run/cloud-init/status.json 2>/dev/null; echo; "
     "echo \"KILN-STATE $(systemctl is-system-running --wait 2>/dev/null)\"; "
     "systemctl --no-pager --no-legend --plain --failed 2>/dev/null | sed 's/^/KILN-FAILED-UNIT /'"
 )
@@ -67,12 +67,14 @@ def parse_status(text: str) -> GuestStatus:
     json_part, _, state_part = rest.partition("KILN-STATE")
     m = re.search(r"^status:\s*(\S+)", status_part, re.MULTILINE)
     errors: list[str] = []
-    try:
+    try:  # status.json: each stage's errors (result.json lists only some of them)
         v1 = json.loads(json_part.strip() or "{}").get("v1", {})
-        errors += [str(e) for e in v1.get("errors", [])]
-        for level, messages in (v1.get("recoverable_errors") or {}).items():
-            if level.upper() in ("ERROR", "CRITICAL"):
-                errors += [f"{level}: {m}" for m in messages]
+        for stage, info in v1.items():
+            if isinstance(info, dict):
+                errors += [f"{stage}: {e}" for e in info.get("errors") or []]
+                for level, messages in (info.get("recoverable_errors") or {}).items():
+                    if level.upper() in ("ERROR", "CRITICAL"):
+                        errors += [f"{stage}: {level}: {m}" for m in messages]
     except (ValueError, AttributeError):
         pass
     lines = state_part.splitlines()
