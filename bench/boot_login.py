@@ -28,7 +28,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from build_common import image_id, kiln_argv, load, managed_image_target, need, platform_source, shell, template, timed
+from build_common import (
+    image_id,
+    kiln_argv,
+    load,
+    managed_image_target,
+    need,
+    platform_source,
+    shell,
+    template,
+    timed,
+)
 
 from kiln.events import NullMonitor
 from kiln.sandbox.vm import VirtualMachine

@@ -8,8 +8,8 @@ as KilnError with the target's JSON path, and `distribute()` turns them into a F
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
