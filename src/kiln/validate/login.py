@@ -33,9 +33,9 @@ from pathlib import Path
 
 from kiln.access.keys import make_key
 from kiln.access.seed import Seed, write_seed
-from kiln.access.ssh import SshTarget, free_port, ssh_argv
+from kiln.access.ssh import SshTarget, free_port, ssh_run
 from kiln.events import Monitor
-from kiln.run import ToolFailed, run
+from kiln.run import ToolFailed
 from kiln.sandbox.vm import DataDisk, VirtualMachine
 
 SEED_SERIAL = "kiln-seed"
@@ -104,12 +104,11 @@ def _runner() -> str:
 def run_validation(target: SshTarget, nonce: str, content: bytes, timeout: float) -> tuple[int, str] | str:
     """Run one script as root in the guest: (exit code, output), or why the session failed."""
     command = "sudo -n -H env LANG=C.UTF-8 SYSTEMD_PAGER= sh -c " + shlex.quote(_runner()) + " kiln-run " + nonce
-    proc = run(ssh_argv(target, command), check=False, capture=True,
-               input=base64.b64encode(content).decode() + "\n", timeout=timeout)
-    out = proc.stdout or ""
+    proc = ssh_run(target, command, input=base64.b64encode(content).decode() + "\n", timeout=timeout)
+    out = proc.output or ""
     m = re.search(rf"(?:^|\n)KILN-END {nonce} (\d+)\s*$", out)
     if m is None:
-        return f"the SSH session ended without a result (ssh exit {proc.returncode}): {out.strip()[-500:]}"
+        return f"the SSH session ended without a result (ssh exit {proc.exit_code}): {out.strip()[-500:]}"
     return int(m.group(1)), out[:m.start()]
 
 
@@ -168,8 +167,7 @@ def login_boot(
                     out.problem = f"the guest did not accept an SSH login within {timeout_s:.0f} s"
                     return out
                 try:
-                    ok = run(ssh_argv(target, "true", connect_timeout=5), check=False, capture=True,
-                             timeout=60).returncode == 0
+                    ok = ssh_run(target, "true", timeout=60).exit_code == 0
                 except ToolFailed:  # connected, then hung: the guest is busy booting
                     ok = False
                 if ok:
@@ -179,21 +177,20 @@ def login_boot(
                     time.sleep(LOGIN_POLL_S)
             # 2. cloud-init's verdict and systemd's state
             try:
-                proc = run(ssh_argv(target, STATUS_COMMAND), check=False, capture=True,
-                           timeout=max(30.0, timeout_s - elapsed()))
+                proc = ssh_run(target, STATUS_COMMAND, timeout=max(30.0, timeout_s - elapsed()))
             except ToolFailed:
                 feed(vm.read_serial())
                 out.problem = f"cloud-init did not finish within {timeout_s:.0f} s of the boot"
                 return out
             feed(vm.read_serial())
-            out.status = status = parse_status(proc.stdout or "")
+            out.status = status = parse_status(proc.output)
             if status.cloud_init != "done":
                 if status.cloud_init == "error":
                     errors = "; ".join(status.errors) or status.detail
                     out.problem = f"cloud-init reported status error: {errors}"
                 else:
                     out.problem = (f"cloud-init did not report done (status {status.cloud_init or 'unknown'}, "
-                                   f"ssh exit {proc.returncode}): {(status.detail or proc.stdout or '').strip()[-800:]}")
+                                   f"ssh exit {proc.exit_code}): {(status.detail or proc.output).strip()[-800:]}")
                 return out
             out.ready_at = elapsed()
             monitor.log(f"guest ready after {out.ready_at:.1f} s: cloud-init done, system {status.system_state}"
