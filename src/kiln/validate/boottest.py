@@ -195,7 +195,8 @@ def boot_test(
     firmware: str = "uefi",
     check: str = "auto",
 ) -> BootReport:
-    """Boot `disk` (fmt raw|vpc) until the guest reports readiness within `timeout_s`, run `scripts`.
+    """Boot `disk` (fmt raw|vpc) until the guest reports readiness within `timeout_s`, run `scripts`
+    (ssh-login: `timeout_s` to the first login, and as long again for cloud-init to finish).
 
     Returns a report; a guest that never becomes ready gives `ok=False` with a message carrying the
     serial tail (it does not raise). QEMU and its temp dir are gone when this returns or raises.
