@@ -96,7 +96,7 @@ def login_kiln(debian12: CachedRoot, tmp_path_factory: pytest.TempPathFactory) -
 def run_build(kiln: Kiln, tmp: Path, name: str, data: dict) -> Build:
     path = tmp / f"{name}.json"
     path.write_text(json.dumps(data, indent=1))
-    proc = kiln("build", str(path), "--json", check=False)
+    proc = kiln("build", str(path), "--json", "--boot-timeout", "900", check=False)  # TCG on a busy host
     logs = sorted((kiln.home / "runs").glob("*/customization.log"), key=lambda p: p.stat().st_mtime)
     return Build(proc, f"{IMAGES}/{name}", logs[-1].read_text(errors="replace") if logs else "")
 
