@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from debian_root import TEST_CACHE, CachedRoot
+from debian_root import CachedRoot
 from envcheck import unavailable
 from kiln.run import run
 
@@ -87,9 +87,11 @@ def login_kiln(debian12: CachedRoot, tmp_path_factory: pytest.TempPathFactory) -
         if shutil.which(tool) is None:
             unavailable(f"{tool} is not installed (run scripts/setup)")
     home = tmp_path_factory.mktemp("login-home")
-    (home / "cache").mkdir()
-    # cp -a: the cached root holds device nodes and hardlinks
-    run(["cp", "-a", TEST_CACHE / "kiln-home" / "cache" / "roots", home / "cache" / "roots"])
+    roots = home / "cache" / "roots"
+    roots.mkdir(parents=True)
+    # Only this session's entry (others may be written meanwhile); cp -a: it holds device nodes
+    entry = debian12.archive
+    run(["cp", "-a", entry, entry.with_name(entry.name + ".json"), roots])
     return Kiln(home)
 
 
