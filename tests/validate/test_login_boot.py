@@ -1,8 +1,9 @@
 """The build's boot test logs in: real `kiln build`s of an image with cloud-init, booted under QEMU.
 
-Boots in this file: two, one per build. `login_build` (shared, conftest.py) provisions a throwaway
-user through NoCloud, logs in over SSH and runs two validations; the cloud-init error build fails
-its boot test with cloud-init's own error. The published disk is read back with debugfs.
+Boots in this file: three, one per build. `login_build` (shared, conftest.py) provisions a
+throwaway user through NoCloud, logs in over SSH and runs two validations; the cloud-init error
+build fails its boot test with cloud-init's own error; a template that removes cloud-init gets the
+serial check. The published disk is read back with debugfs.
 """
 
 from __future__ import annotations
@@ -100,3 +101,18 @@ def test_a_cloud_init_error_fails_the_boot_test_with_its_own_text(login_kiln: Ki
     assert login_kiln("image", "show", build.image_id, check=False).returncode != 0  # nothing published
     runs = login_kiln.json("runs", "list")
     assert isinstance(runs, list) and runs[-1]["lastRunStatus"]["runState"] == "Failed"
+
+
+def test_a_template_that_removes_cloud_init_gets_the_serial_check(login_kiln: Kiln, tmp_path: Path) -> None:
+    removed = [*cloud_init_steps(), {"type": "Shell", "name": "remove-cloud-init", "inline": [
+        "DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq cloud-init"]}]
+    build = run_build(login_kiln, tmp_path, "no-cloud-init", template("no-cloud-init", removed, [
+        {"type": "Shell", "name": "as-root", "inline": ['echo "uid=$(id -u)"']}]))
+    assert build.proc.returncode == 0, build.proc.stderr[-3000:]
+    assert "boot test: serial check (the image has no cloud-init (/usr/bin/cloud-init))" in build.log
+    assert "guest:   | uid=0" in build.log and "guest: validation 'as-root' exited 0" in build.log
+    assert "SSH login as" not in build.log
+    (output,) = build.run["runOutputs"]
+    assert output["kiln"]["bootTest"] == "serial"
+    table = login_kiln("image", "show", build.image_id).stdout
+    assert re.search(r"^bootTest\s+serial\s*$", table, re.MULTILINE), table
