@@ -39,7 +39,7 @@ LOG_CHUNK = 64 * 1024
 CallNext = Callable[[Request], Awaitable[Response]]
 _CANONICAL = {w.lower(): w for w in ("subscriptions", "resourceGroups", "providers", PROVIDER, "imageTemplates",
                                      "runOutputs", "runs", "log", "run", "cancel", "locations", "operations",
-                                     "operationResults")}
+                                     "operationResults", "Microsoft.Compute", "Microsoft.DevTestLab", "triggers", "customimages")}
 
 
 def create_app(service: Service) -> FastAPI:
@@ -247,6 +247,10 @@ def create_app(service: Service) -> FastAPI:
             return Response(status_code=204)
         return Response(status_code=202, headers={"Location": str(request.url), "Retry-After": "1"})
 
+    from kiln.api import compute, devtestlab, triggers  # Azure's read paths of kiln's catalog; AIB triggers
+
+    for module in (compute, devtestlab, triggers):
+        app.include_router(module.router(service))
     return app
 
 
