@@ -201,6 +201,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE images ADD COLUMN boot_generations TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE gallery_image_versions ADD COLUMN boot_generations TEXT NOT NULL DEFAULT ''",
     ),
+    # 6: which boot test proved a built image (ssh-login | serial; '' when none ran), on the image
+    # and on the run output that made it (kiln.validate.choose).
+    (
+        "ALTER TABLE images ADD COLUMN boot_test TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE run_outputs ADD COLUMN boot_test TEXT NOT NULL DEFAULT ''",
+    ),
 ]
 
 
