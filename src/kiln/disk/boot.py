@@ -48,6 +48,28 @@ GUEST_BOOT_TOOLS = ("usr/bin/bootctl", "usr/bin/kernel-install", "usr/lib/system
 LOADER_CONF = "timeout 0\neditor no\n"
 ESP_FILL_TIMEOUT_S = 600
 _STAGED_ESP = ".kiln-esp"  # in the tree's /boot while the guest's tools fill the ESP
+# Run in the image root with a tmpfs at the ESP's mount point (a mount of its own, as the ESP is
+# in a VM: kernel-install writes entry paths relative to it): what systemd-boot's postinst does
+# on a machine with an ESP, then its kernel hook (kernel-install add) for each kernel, then a
+# copy into the tree. SYSTEMD_RELAX_ESP_CHECKS: that tmpfs is not a vfat ESP. The random seed is
+# per machine: none goes into an image (systemd makes one in each VM).
+# $1: entry token, $2: the ESP's mount point, $3: where in the tree the result goes.
+_FILL_ESP = r"""set -eu
+export SYSTEMD_RELAX_ESP_CHECKS=1
+bootctl install --esp-path="$2" --no-variables --entry-token="literal:$1" --make-entry-directory=yes
+found=
+for k in /boot/vmlinuz-*; do
+  [ -f "$k" ] || continue
+  v=${k#/boot/vmlinuz-}
+  [ -f "/boot/initrd.img-$v" ] || continue
+  kernel-install add "$v" "$k"
+  found=1
+done
+rm -f "$2/loader/random-seed"
+[ -n "$found" ] || echo "kiln: no kernel with an initrd in /boot" >&2
+mkdir -m 0700 "$3"
+cp -a "$2/." "$3/"
+"""
 
 HOOK_UNIT = "kiln-guest-check.service"
 HOOK_DEVICE_UNIT = r"dev-disk-by\x2did-virtio\x2dkiln\x2dcheck.device"
@@ -129,33 +151,12 @@ def _guest_entries(root: Path, esp: Path, monitor: Monitor) -> None:
     (kernel_dir / "install.conf").write_text(
         "# kiln: Boot Loader Specification entries on the ESP (/boot/efi), written by kernel-install\n"
         "layout=bls\n")
-    # What systemd-boot's postinst does on a machine with an ESP, and its kernel hook for each
-    # kernel, on a tmpfs at /boot/efi (a mount point of its own, as the ESP is in a VM:
-    # kernel-install writes entry paths relative to it), then copied into the tree.
-    # SYSTEMD_RELAX_ESP_CHECKS: that tmpfs is not a vfat ESP. The random seed is per machine: none
-    # goes into an image (systemd makes one in each VM).
-    staged = f"/boot/{_STAGED_ESP}"
-    script = f"""set -eu
-export SYSTEMD_RELAX_ESP_CHECKS=1
-bootctl install --esp-path=/{ESP_MOUNT} --no-variables --entry-token=literal:{token} --make-entry-directory=yes
-found=
-for k in /boot/vmlinuz-*; do
-  [ -f "$k" ] || continue
-  v=${{k#/boot/vmlinuz-}}
-  [ -f "/boot/initrd.img-$v" ] || continue
-  kernel-install add "$v" "$k"
-  found=1
-done
-rm -f /{ESP_MOUNT}/loader/random-seed
-[ -n "$found" ] || echo "kiln: no kernel with an initrd in /boot" >&2
-mkdir -m 0700 {staged}
-cp -a /{ESP_MOUNT}/. {staged}/
-"""
     host_staged = root / "boot" / _STAGED_ESP
     _remove_tree(host_staged)
     try:
         with IsolatedRoot(root, monitor) as sandbox:
-            done = sandbox.run(["/bin/sh", "-c", script], tmpfs=[f"/{ESP_MOUNT}"], timeout=ESP_FILL_TIMEOUT_S,
+            done = sandbox.run(["/bin/sh", "-c", _FILL_ESP, "kiln-fill-esp", token, f"/{ESP_MOUNT}",
+                                f"/boot/{_STAGED_ESP}"], tmpfs=[f"/{ESP_MOUNT}"], timeout=ESP_FILL_TIMEOUT_S,
                                name="boot")
         if not done.ok:
             tail = "\n".join(done.tail.strip().splitlines()[-15:])
