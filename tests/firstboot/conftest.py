@@ -192,8 +192,9 @@ def second_boot(first_boot: Boot, vm_work: Path) -> Boot:
             "status": ("cloud-init status --wait --long", 900),
             "uname": ("uname -r", 60),
             "users": ("getent passwd | cut -d: -f1", 60),
-            "remove": ("sudo DEBIAN_FRONTEND=noninteractive apt-get purge -y -q linux-image-amd64 "
-                       "'linux-image-*[0-9]-amd64'", APT_TIMEOUT_S),
+            # the first kernel (generic flavour) and its metapackage; the running one stays
+            "remove": ("old=$(dpkg-query -W -f '${Package}\\n' 'linux-image-[0-9]*-amd64' | grep -v -- -cloud-); "
+                       "sudo DEBIAN_FRONTEND=noninteractive apt-get purge -y -q linux-image-amd64 $old", APT_TIMEOUT_S),
             "entries": ("sudo ls /boot/efi/loader/entries /boot/efi/debian", 120),
         }, boot)
         boot.out["poweroff"] = _shutdown(vm, target, "poweroff")
