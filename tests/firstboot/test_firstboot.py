@@ -16,7 +16,10 @@ pytestmark = pytest.mark.integration
 
 
 def debugfs(layout: DiskLayout, request: str) -> str:
-    return run(["debugfs", "-R", request, f"{layout.path}?offset={layout.root.offset}"], capture=True).stdout
+    done = run(["debugfs", "-R", request, f"{layout.path}?offset={layout.root.offset}"], capture=True)
+    out = done.stdout + (done.stderr or "")
+    assert "not found" not in out, f"debugfs {request}: {out}"  # a missing path must not read as "empty"
+    return done.stdout
 
 
 def names_in(layout: DiskLayout, folder: str) -> set[str]:

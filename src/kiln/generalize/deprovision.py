@@ -96,7 +96,7 @@ def generalize(root: Path, monitor: Monitor, *, timeout: float | None = None) ->
     for d in _EMPTY_DIRS:
         _empty_dir(_host(root, d))
     for f in _FILES:
-        _remove_file(_host(root, f))
+        _remove_file(_entry(root, f))
     _homes(root)
     _logs(_host(root, "var/log"))
     _apt(root)
@@ -176,15 +176,23 @@ def _provisioned_users(root: Path, monitor: Monitor, timeout: float | None) -> l
     return names
 
 
+def _entry(root: Path, inside: str) -> Path:
+    """The host path of the entry `inside` itself: its folder resolved within the root, the last
+    name not followed (removing /var/lib/dbus/machine-id must not remove the /etc/machine-id it
+    links to)."""
+    parent, _, name = inside.rstrip("/").rpartition("/")
+    return _host(root, parent or ".") / name
+
+
 def _host(root: Path, inside: str) -> Path:
     """The host path of `inside` with symlinks resolved within the root (never out of it)."""
     return root / str(resolve_in_root(root, inside)).lstrip("/")
 
 
 def _machine_id(root: Path) -> None:
-    mid = _host(root, "etc/machine-id")
+    mid = _entry(root, "etc/machine-id")
     if mid.parent.is_dir():
-        mid.unlink(missing_ok=True)
+        _remove_file(mid)
         mid.write_bytes(b"")
         mid.chmod(0o444)
 
