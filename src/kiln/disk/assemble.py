@@ -11,8 +11,9 @@ The layout is what Azure's generation 2 Linux images have: GPT, an ESP with syst
 Boot Loader Specification entries, and one ext4 root, the last partition (so growpart can grow it
 into a larger disk at first boot). The ESP's files are the tree's /boot/efi, which
 `kiln.disk.boot.prepare_boot` filled with the guest's own boot loader and entries; the root
-filesystem gets an empty /boot/efi, the guest's mount point for the ESP. Partitions start and end on MiB boundaries and the whole disk is a whole number of MiB
-(Azure rejects anything else); the file is sparse.
+filesystem gets an empty /boot/efi, the guest's mount point for the ESP. Partitions start and
+end on MiB boundaries and the whole disk is a whole number of MiB (Azure rejects anything else);
+the file is sparse.
 
 The tree is made bootable first (`kiln.disk.boot.prepare_boot`), which chooses the filesystem ids
 and writes them where the booted system reads them; its `BootConfig` is handed to
