@@ -59,10 +59,12 @@ if [ -d "$R/etc/default" ] && ! grep -qs '^LANG=' "$R/etc/default/locale"; then
 fi
 
 # No password logins over SSH unless provisioning asks for them (cloud-init's ssh_pwauth, Azure's
-# disablePasswordAuthentication=false): set here, a seed's `ssh_pwauth: false` changes nothing
-# and cloud-init does not restart sshd in the middle of the first boot.
-if [ -f "$R/etc/ssh/sshd_config" ]; then
-  sed -i 's/^#\?PasswordAuthentication .*/PasswordAuthentication no/' "$R/etc/ssh/sshd_config"
+# disablePasswordAuthentication=false), written where cloud-init 22.4 keeps that setting when
+# sshd_config includes sshd_config.d (Debian 12's does): a seed's `ssh_pwauth: false` then
+# changes nothing, and cloud-init does not restart sshd in the middle of the first boot.
+if [ -d "$R/etc/cloud" ] && [ -d "$R/etc/ssh/sshd_config.d" ]; then
+  printf 'PasswordAuthentication no\n' > "$R/etc/ssh/sshd_config.d/50-cloud-init.conf"
+  chmod 600 "$R/etc/ssh/sshd_config.d/50-cloud-init.conf"
 fi
 
 # e2scrub_reap removes stale ext4 metadata-check snapshots, which exist only on LVM: 4.6 s of a
