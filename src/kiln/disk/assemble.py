@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.disk.boot import ESP_MOUNT, SYSTEMD_BOOT_EFI, BootConfig, fat_uuid, find_kernel
+from kiln.disk.boot import SYSTEMD_BOOT_EFI, BootConfig, esp_dir, fat_uuid, find_kernel
 from kiln.errors import BuildFailed, InvalidInput
 from kiln.events import Monitor, NullMonitor
 from kiln.run import run
@@ -93,7 +93,7 @@ def assemble_disk(
     monitor = monitor or NullMonitor()
     root, out = Path(root), Path(out)
     _kernel, _initrd, version = find_kernel(root)
-    esp_tree = root / ESP_MOUNT
+    esp_tree = esp_dir(root)
     if not (esp_tree / "EFI/BOOT/BOOTX64.EFI").is_file():
         raise BuildFailed(f"{esp_tree} holds no boot loader (EFI/BOOT/BOOTX64.EFI)",
                           hint="make the tree bootable with kiln.disk.boot.prepare_boot first")
@@ -198,7 +198,7 @@ def _write_root(out: Path, rootp: Partition, root: Path, inodes: int) -> None:
     if inodes * 2 > rootp.size // 16384:
         cmd += ["-N", str(inodes * 2 + 16384)]
     # The ESP's files live on the ESP only: the root filesystem gets /boot/efi as an empty folder.
-    esp_tree = root / ESP_MOUNT
+    esp_tree = esp_dir(root)
     aside = root.parent / f".{root.name}.esp-{uuid.uuid4().hex[:8]}"
     esp_tree.rename(aside)
     try:

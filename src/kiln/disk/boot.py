@@ -128,10 +128,20 @@ def entry_token(root: Path) -> str:
     return token if re.fullmatch(r"[a-z0-9._-]+", token) else "linux"
 
 
+def esp_dir(root: Path) -> Path:
+    """The tree's /boot/efi on the host. The tree is a template's work: a /boot that is a symlink
+    could point anywhere on the host, so it is refused (a /boot/efi symlink is replaced)."""
+    boot = Path(root) / "boot"
+    if boot.is_symlink() or (boot.exists() and not boot.is_dir()):
+        raise BuildFailed(f"the image's /boot is not a folder ({boot})",
+                          hint="a customizer replaced /boot; kernels and the ESP's mount point live there")
+    return Path(root) / ESP_MOUNT
+
+
 def fill_esp(root: Path, boot: BootConfig, monitor: Monitor) -> None:
     """Make /boot/efi in the tree what the ESP must hold: the guest's own systemd-boot and boot
     entries when it has them, else the host's systemd-boot and one kiln entry (newest kernel)."""
-    esp = Path(root) / ESP_MOUNT
+    esp = esp_dir(root)
     _remove_tree(esp)  # an ESP is made from the tree's kernels every time, never carried over
     esp.mkdir(parents=True, mode=0o700)
     if guest_keeps_boot_entries(root):
