@@ -52,9 +52,17 @@ def cli(ctx: click.Context, home: Path | None, debug: bool, progress: str) -> No
 
 
 def _register_all() -> None:
-    from kiln.cli import build_cmds, doctor_cmds, factory_cmds, serve_cmds, store_cmds, validate_cmds
+    from kiln.cli import (
+        build_cmds,
+        doctor_cmds,
+        factory_cmds,
+        serve_cmds,
+        store_cmds,
+        trigger_cmds,
+        validate_cmds,
+    )
 
-    for module in (validate_cmds, store_cmds, build_cmds, factory_cmds, doctor_cmds, serve_cmds):
+    for module in (validate_cmds, store_cmds, build_cmds, factory_cmds, doctor_cmds, serve_cmds, trigger_cmds):
         module.register(cli)
 
 
