@@ -78,3 +78,37 @@ def test_failing_deprovisioning_script_is_a_clear_error(fresh_root: Path) -> Non
         generalize(fresh_root, NullMonitor())
     assert "DeprovisioningScript.sh" in e.value.message and "exit code 5" in e.value.message
     assert "cannot-deprovision" in e.value.message
+
+
+def test_generalize_is_cloud_init_clean_and_deprovision_plus_user(fresh_root: Path) -> None:
+    # A VM's root after cloud-init provisioned it (what `kiln vm capture --generalized` deprovisions):
+    # users from a JSON seed, a YAML seed and waagent's ovf-env, plus one a customizer added.
+    in_root(fresh_root, """
+        for u in azureuser yamluser ovfuser appuser; do useradd -m -s /bin/bash $u; done
+        mkdir -p /etc/sudoers.d /var/lib/cloud/instances/i-1 /var/lib/cloud/instances/i-2 /var/lib/cloud/seed/nocloud \
+                 /var/lib/cloud/sem /var/lib/waagent
+        printf '\\n# User rules for azureuser\\nazureuser ALL=(ALL) NOPASSWD:ALL\\n' > /etc/sudoers.d/90-cloud-init-users
+        printf '#cloud-config\\n{"users": ["default", {"name": "azureuser"}]}\\n' > /var/lib/cloud/instances/i-1/user-data.txt
+        printf '#cloud-config\\nusers:\\n  - default\\n  - name: yamluser\\n    groups: sudo\\nssh_pwauth: false\\n' \
+            > /var/lib/cloud/instances/i-2/user-data.txt
+        ln -s /var/lib/cloud/instances/i-2 /var/lib/cloud/instance
+        echo x > /var/lib/cloud/seed/nocloud/user-data; touch /var/lib/cloud/sem/config_users_groups
+        echo '<ns1:UserName>ovfuser</ns1:UserName>' > /var/lib/waagent/ovf-env.xml
+        echo log > /var/log/cloud-init.log; echo out > /var/log/cloud-init-output.log
+        echo 0123456789abcdef0123456789abcdef > /etc/machine-id
+        mkdir -p /var/lib/dbus && ln -sfn /etc/machine-id /var/lib/dbus/machine-id  # as systemd-tmpfiles makes it
+    """)
+    generalize(fresh_root, NullMonitor())
+    assert list((fresh_root / "var/lib/cloud").iterdir()) == []  # instances, the link, seed, semaphores
+    assert list((fresh_root / "var/lib/waagent").iterdir()) == []
+    assert not (fresh_root / "var/log/cloud-init.log").exists() and not (fresh_root / "var/log/cloud-init-output.log").exists()
+    assert (fresh_root / "etc/machine-id").read_bytes() == b""  # the dbus link went, not what it points at
+    assert not (fresh_root / "var/lib/dbus/machine-id").is_symlink()
+    users = {line.split(":")[0] for line in (fresh_root / "etc/passwd").read_text().splitlines()}
+    assert {"azureuser", "yamluser", "ovfuser"}.isdisjoint(users)  # provisioned: deleted, as waagent's +user
+    assert {"appuser", "root", "_apt"} <= users  # a customizer's user and system users stay
+    assert not (fresh_root / "home/azureuser").exists() and (fresh_root / "home/appuser").is_dir()
+    assert "azureuser" not in (fresh_root / "etc/group").read_text()
+    assert not (fresh_root / "etc/sudoers.d/90-cloud-init-users").exists()
+    unit = (fresh_root / f"etc/systemd/system/{SSH_KEYGEN_UNIT}").read_text()
+    assert "After=cloud-init.service" in unit  # cloud-init makes the keys when it provisions; this is the fallback

@@ -49,25 +49,41 @@ def test_disk_file_is_sparse(built_disk: BuiltDisk) -> None:
     assert st.st_blocks * 512 < st.st_size * 0.75
 
 
-def test_esp_has_systemd_boot_kernel_and_entry(built_disk: BuiltDisk, prepared_root: Path) -> None:
+def test_esp_has_the_guests_systemd_boot_kernel_and_entry(built_disk: BuiltDisk, prepared_root: Path) -> None:
     layout = built_disk.layout
     image = f"{layout.path}@@{layout.esp.offset}"
     listing = run(["mdir", "-/", "-i", image, "::"], env=MTOOLS_ENV, capture=True).stdout
     assert "systemd-bootx64.efi" in listing
-    assert f"kiln-{layout.kernel_version}.conf" in listing
-    entry = run(["mtype", "-i", image, f"::/loader/entries/kiln-{layout.kernel_version}.conf"],
-                env=MTOOLS_ENV, capture=True).stdout
-    assert f"linux /kiln/{layout.kernel_version}/linux" in entry
-    assert f"options root=UUID={layout.root.fs_uuid} ro console=tty1 console=ttyS0,115200n8" in entry
-    # the ESP's copies are byte-identical to the host's boot loader and the tree's kernel
-    for src, name in ((SYSTEMD_BOOT_EFI, "::/EFI/BOOT/BOOTX64.EFI"),
-                      (find_kernel(prepared_root)[0], f"::/kiln/{layout.kernel_version}/linux")):
+    # the guest's own kernel-install wrote the entry (entry token: the os-release ID)
+    version = layout.kernel_version
+    assert f"debian-{version}.conf" in listing
+    entry = run(["mtype", "-i", image, f"::/loader/entries/debian-{version}.conf"], env=MTOOLS_ENV, capture=True).stdout
+    assert re.search(rf"^linux +/debian/{re.escape(version)}/linux$", entry, re.M), entry
+    assert f"options    root=UUID={layout.root.fs_uuid} ro console=tty1 console=ttyS0,115200n8" in entry
+    assert "random-seed" not in listing  # per machine: never in an image
+    # the ESP's copies are byte-identical to the image's own boot loader and kernel
+    for src, name in ((prepared_root / "usr/lib/systemd/boot/efi/systemd-bootx64.efi", "::/EFI/BOOT/BOOTX64.EFI"),
+                      (find_kernel(prepared_root)[0], f"::/debian/{version}/linux")):
         copy = layout.path.parent / "copied"
         run(["mcopy", "-o", "-i", image, name, copy], env=MTOOLS_ENV)
         assert copy.read_bytes() == src.read_bytes()
         copy.unlink()
     info = run(["minfo", "-i", image, "::"], env=MTOOLS_ENV, capture=True).stdout
     assert f"serial number: {layout.esp.fs_uuid.replace('-', '')}".lower() in info.lower()
+
+
+def test_an_image_without_systemd_boot_gets_the_hosts(prepared_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "boot").mkdir()
+    kernel, initrd, version = find_kernel(prepared_root)
+    for src in (kernel, initrd):
+        (root / "boot" / src.name).write_bytes(src.read_bytes())
+    boot = prepare_boot(root)
+    esp = root / "boot/efi"
+    assert (esp / "EFI/BOOT/BOOTX64.EFI").read_bytes() == SYSTEMD_BOOT_EFI.read_bytes()
+    entry = (esp / f"loader/entries/kiln-{version}.conf").read_text()
+    assert f"linux /kiln/{version}/linux" in entry and f"options {boot.cmdline}" in entry
 
 
 def test_root_ext4_is_clean_and_matches_fstab(built_disk: BuiltDisk, prepared_root: Path) -> None:

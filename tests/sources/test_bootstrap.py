@@ -32,7 +32,7 @@ def test_platform_root_has_the_agreed_base(debian12: CachedRoot) -> None:
                  if "Status: install ok installed" in block}
     recipe = recipe_for(DEBIAN12, debian12.config)
     assert set(recipe.packages) <= installed
-    assert list((root / "boot").glob("vmlinuz-*-cloud-amd64")) and list((root / "boot").glob("initrd.img-*"))
+    assert list((root / "boot").glob("vmlinuz-*-amd64")) and list((root / "boot").glob("initrd.img-*"))
     assert (root / "etc/hostname").read_text() == "debian\n"
     assert "DHCP=yes" in (root / "etc/systemd/network/80-kiln-dhcp.network").read_text()
     assert (root / "etc/systemd/system/multi-user.target.wants/systemd-networkd.service").is_symlink()
@@ -40,6 +40,15 @@ def test_platform_root_has_the_agreed_base(debian12: CachedRoot) -> None:
     root_pw = next(line for line in (root / "etc/shadow").read_text().splitlines() if line.startswith("root:"))
     assert root_pw.split(":")[1] == "*"  # no root password
     assert "force-unsafe-io" not in (root / "etc/dpkg/dpkg.cfg.d/99mmdebstrap").read_text()
+    # first boot: cloud-init with the datasources of here and Azure, growpart, the guest's own systemd-boot
+    cfg = (root / "etc/cloud/cloud.cfg.d/90-kiln.cfg").read_text()
+    assert "datasource_list: [NoCloud, ConfigDrive, Azure, None]" in cfg and "config: disabled" in cfg
+    assert (root / "usr/bin/growpart").is_file() and (root / "usr/bin/bootctl").is_file()
+    assert (root / "etc/kernel/postinst.d/zz-systemd-boot").is_file()
+    modules = next((root / "lib/modules").iterdir())
+    for module in ("ahci", "sr_mod", "cdrom", "isofs"):  # a seed on a q35 CD-ROM (AHCI)
+        assert list(modules.rglob(f"{module}.ko*")), module
+    assert "LANG=C.UTF-8" in (root / "etc/default/locale").read_text()
 
 
 def test_latest_resolves_to_the_mirrors_exact_version(debian12: CachedRoot) -> None:

@@ -6,11 +6,14 @@ system partition formatted with `mkfs.vfat --offset` and filled with mtools (`im
 and the root filesystem written in place by `mkfs.ext4 -d ROOT -E offset=…`, which copies owners,
 modes, xattrs, hardlinks and device nodes straight from the tree.
 
-The layout is what Azure's generation 2 Linux images have: GPT, an ESP with systemd-boot (the
-host's signed-or-not `systemd-bootx64.efi`, as `EFI/BOOT/BOOTX64.EFI` so firmware without boot
-entries finds it), the kernel and initrd beside a Boot Loader Specification entry, and one ext4
-root. Partitions start and end on MiB boundaries and the whole disk is a whole number of MiB
-(Azure rejects anything else); the file is sparse.
+The layout is what Azure's generation 2 Linux images have: GPT, an ESP with systemd-boot (as
+`EFI/BOOT/BOOTX64.EFI` so firmware without boot entries finds it), the kernels and initrds beside
+Boot Loader Specification entries, and one ext4 root, the last partition (so growpart can grow it
+into a larger disk at first boot). The ESP's files are the tree's /boot/efi, which
+`kiln.disk.boot.prepare_boot` filled with the guest's own boot loader and entries; the root
+filesystem gets an empty /boot/efi, the guest's mount point for the ESP. Partitions start and
+end on MiB boundaries and the whole disk is a whole number of MiB (Azure rejects anything else);
+the file is sparse.
 
 The disk is hybrid too, as Debian's cloud images are, so it also boots as Hyper-V generation 1
 (BIOS): a 1 MiB BIOS boot partition (partition 3, first on the disk) holds GRUB's core.img and the
@@ -24,8 +27,6 @@ and writes them where the booted system reads them; its `BootConfig` is handed t
 
 from __future__ import annotations
 
-import re
-import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.disk import bios
-from kiln.disk.boot import BootConfig, fat_uuid
+from kiln.disk.boot import SYSTEMD_BOOT_EFI, BootConfig, esp_dir, fat_uuid, find_kernel
 from kiln.errors import BuildFailed, InvalidInput
 from kiln.events import Monitor, NullMonitor
 from kiln.run import run
@@ -47,13 +48,15 @@ ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 ROOT_X86_64_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
 LINUX_DATA_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 
-SYSTEMD_BOOT_EFI = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+__all__ = ["SYSTEMD_BOOT_EFI", "DiskLayout", "Partition", "assemble_disk", "find_kernel"]
 
 
 _BIOS_BOOT = 1 * MiB  # after the protective MBR and the primary GPT, aligned: the BIOS boot partition
 _FIRST_PARTITION = _BIOS_BOOT + bios.BIOS_BOOT_SIZE  # the ESP's start: the BIOS boot partition is before it
 _TAIL = 1 * MiB  # the backup GPT lives in the last 33 sectors; keep the root partition MiB-aligned
-_MIN_ESP = 128 * MiB  # FAT32 wants >= 65525 clusters; 128 MiB is comfortably above that with 512 B ones
+# FAT32 wants >= 65525 clusters (128 MiB is comfortably above that with 512 B ones); 256 MiB holds
+# four kernels of Debian's generic flavour with their initrds: a kernel update in a VM adds one.
+_MIN_ESP = 256 * MiB
 
 
 @dataclass(frozen=True)
@@ -98,12 +101,17 @@ def assemble_disk(
     """
     monitor = monitor or NullMonitor()
     root, out = Path(root), Path(out)
-    kernel, initrd, version = find_kernel(root)
-    if not SYSTEMD_BOOT_EFI.is_file():
-        raise BuildFailed(f"{SYSTEMD_BOOT_EFI} is missing", hint="install systemd-boot-efi (scripts/setup does)")
+    _kernel, _initrd, version = find_kernel(root)
+    esp_tree = esp_dir(root)
+    if not (esp_tree / "EFI/BOOT/BOOTX64.EFI").is_file():
+        raise BuildFailed(f"{esp_tree} holds no boot loader (EFI/BOOT/BOOTX64.EFI)",
+                          hint="make the tree bootable with kiln.disk.boot.prepare_boot first")
 
-    esp_size = max(_MIN_ESP, _align_up(2 * (kernel.stat().st_size + initrd.stat().st_size) + 16 * MiB, MiB))
+    esp_used, _ = _tree_usage(esp_tree)
+    # Room for two more kernels than the image has (the ESP cannot grow later, the root can).
+    esp_size = max(_MIN_ESP, _align_up(3 * esp_used + 32 * MiB, MiB))
     used, inodes = _tree_usage(root)
+    used -= esp_used
     total = _disk_size(size_bytes, used, esp_size)
     root_size = total - _FIRST_PARTITION - esp_size - _TAIL
     needed = _root_needs(used)
@@ -130,8 +138,7 @@ def assemble_disk(
         with open(out, "wb") as f:
             f.truncate(total)  # sparse: only what the filesystems write takes space
         _timed(monitor, "partition table", lambda: _write_gpt(out, disk_guid, (esp, rootp, bios_boot)))
-        _timed(monitor, "ESP (vfat, systemd-boot)",
-               lambda: _write_esp(out, esp, boot, kernel, initrd, version))
+        _timed(monitor, "ESP (vfat, the tree's /boot/efi)", lambda: _write_esp(out, esp, boot, esp_tree))
         _timed(monitor, "root (ext4 from the tree)", lambda: _write_root(out, rootp, root, inodes))
         # Last, so no file system tool can touch the MBR after GRUB's code is in it.
         _timed(monitor, "BIOS boot (GRUB core.img, MBR boot code)",
@@ -140,28 +147,6 @@ def assemble_disk(
         out.unlink(missing_ok=True)
         raise
     return DiskLayout(out, total, disk_guid, esp, rootp, version, boot.cmdline, bios_boot)
-
-
-def find_kernel(root: Path) -> tuple[Path, Path, str]:
-    """The newest kernel in the tree's /boot with its initrd: (vmlinuz, initrd, version)."""
-    boot = Path(root) / "boot"
-    found = []
-    for vmlinuz in boot.glob("vmlinuz-*"):
-        version = vmlinuz.name[len("vmlinuz-"):]
-        initrd = boot / f"initrd.img-{version}"
-        if vmlinuz.is_file() and initrd.is_file():
-            found.append((_version_key(version), vmlinuz, initrd, version))
-    if not found:
-        raise BuildFailed(
-            f"the image has no kernel with an initrd in /boot ({root})",
-            hint="install a kernel package (linux-image-cloud-amd64) and initramfs-tools in the image",
-        )
-    _, vmlinuz, initrd, version = max(found)
-    return vmlinuz, initrd, version
-
-
-def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-+~]", version))
 
 
 def _tree_usage(root: Path) -> tuple[int, int]:
@@ -208,39 +193,17 @@ def _write_gpt(out: Path, disk_guid: str, partitions: tuple[Partition, ...]) -> 
     run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "--wipe", "never", out], input=script, capture=True)
 
 
-def _write_esp(out: Path, esp: Partition, boot: BootConfig, kernel: Path, initrd: Path, version: str) -> None:
+def _write_esp(out: Path, esp: Partition, boot: BootConfig, tree: Path) -> None:
     # One sector per cluster keeps a small ESP above FAT32's minimum cluster count; the hidden
     # sectors field records where the partition starts, as a partitioning tool would.
     sectors = esp.offset // SECTOR
     run(["mkfs.vfat", "-F", "32", "-s", "1", "-h", str(sectors), "-n", "ESP", "-i", boot.esp_volume_id,
          f"--offset={sectors}", out, str(esp.size // 1024)], capture=True)
-    image = f"{out}@@{esp.offset}"
     # mtools refuses images whose geometry it finds odd; the FAT is fine, the check is for floppies.
     env = {"MTOOLS_SKIP_CHECK": "1"}
-    entry_dir = f"::/kiln/{version}"
-    run(["mmd", "-i", image, "::/EFI", "::/EFI/BOOT", "::/EFI/systemd", "::/loader", "::/loader/entries",
-         "::/kiln", entry_dir], env=env, capture=True)
-    staging = out.with_name(f".{out.name}.esp-files")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        (staging / "loader.conf").write_text("timeout 0\ndefault kiln-*\neditor no\n")
-        (staging / "entry.conf").write_text(
-            f"title Linux {version}\nversion {version}\n"
-            f"linux /kiln/{version}/linux\ninitrd /kiln/{version}/initrd\noptions {boot.cmdline}\n"
-        )
-        copies = [
-            (SYSTEMD_BOOT_EFI, "::/EFI/BOOT/BOOTX64.EFI"),
-            (SYSTEMD_BOOT_EFI, "::/EFI/systemd/systemd-bootx64.efi"),
-            (kernel, f"{entry_dir}/linux"),
-            (initrd, f"{entry_dir}/initrd"),
-            (staging / "loader.conf", "::/loader/loader.conf"),
-            (staging / "entry.conf", f"::/loader/entries/kiln-{version}.conf"),
-        ]
-        for src, dest in copies:
-            run(["mcopy", "-i", image, "-o", src, dest], env=env, capture=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    top = sorted(tree.iterdir())
+    if top:
+        run(["mcopy", "-s", "-Q", "-i", f"{out}@@{esp.offset}", *top, "::/"], env=env, capture=True)
 
 
 def _write_root(out: Path, rootp: Partition, root: Path, inodes: int) -> None:
@@ -250,7 +213,18 @@ def _write_root(out: Path, rootp: Partition, root: Path, inodes: int) -> None:
     # mkfs's default of one inode per 16 KiB is too few for a small disk full of small files.
     if inodes * 2 > rootp.size // 16384:
         cmd += ["-N", str(inodes * 2 + 16384)]
-    run([*cmd, out, f"{rootp.size // 1024}k"], capture=True)
+    # The ESP's files live on the ESP only: the root filesystem gets /boot/efi as an empty folder.
+    esp_tree = esp_dir(root)
+    aside = root.parent / f".{root.name}.esp-{uuid.uuid4().hex[:8]}"
+    esp_tree.rename(aside)
+    try:
+        esp_tree.mkdir(mode=0o700)
+        try:
+            run([*cmd, out, f"{rootp.size // 1024}k"], capture=True)
+        finally:
+            esp_tree.rmdir()
+    finally:
+        aside.rename(esp_tree)
 
 
 def _write_bios_boot(out: Path, part: Partition, root: Path, boot: BootConfig, version: str) -> None:

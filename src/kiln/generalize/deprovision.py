@@ -1,21 +1,30 @@
-"""Generalize a customized root: kiln's `waagent -force -deprovision+user`.
+"""Generalize a customized root: kiln's `waagent -deprovision+user` and `cloud-init clean --logs
+--seed --machine-id` in one.
 
 A published image must not carry the identity of the machine it was built on, or every VM made
-from it would share it. What is done, on the host, without running anything inside the root:
+from it would share it. What is done, on the host, without running anything inside the root
+(but `userdel`, in the isolated root, for a provisioned user):
 
-- /etc/machine-id emptied (kept as an empty file: systemd then treats the next boot as a first
-  boot and writes a fresh id); a copy in /var/lib/dbus removed; the systemd random seed and
-  credential secret removed.
-- SSH host keys removed; a oneshot unit (`kiln-ssh-host-keys.service`, ordered before
-  ssh.service, guarded by `ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key`) makes new ones at
-  first boot.
+- /etc/machine-id emptied (kept as an empty file: systemd then writes a fresh id at the next
+  boot, as in Debian's cloud images); a copy in /var/lib/dbus removed; the systemd random seed
+  and credential secret removed.
+- SSH host keys removed; a oneshot unit (`kiln-ssh-host-keys.service`, ordered after cloud-init
+  and before ssh.service, guarded by `ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key`) makes
+  new ones at first boot when nothing else did (cloud-init makes them when it provisions).
 - /etc/resolv.conf removed when it is a plain file (as waagent does); a symlink (resolved's
   stub) is kept.
-- DHCP leases, cloud-init instance state, logs (files; folders stay so services can write),
-  shell histories, apt lists and caches, and everything in /tmp and /var/tmp removed.
-- root's password disabled (`*`), as waagent does. Users added by customizers are kept with
-  their passwords: waagent's `+user` deletes only the user *it* provisioned, and a kiln build
-  provisions none (customizers run as root in a sandbox, not over SSH as a build user).
+- cloud-init's state: everything under /var/lib/cloud (instances, the instance link, semaphores,
+  data, a seed: `cloud-init clean --seed`), so the next boot provisions again; waagent's state
+  (/var/lib/waagent) likewise.
+- Provisioned users (`+user`): the users cloud-init or waagent created in this root (a VM that is
+  being captured), found in their records before those go: cloud-init's sudoers file and the
+  instance's user-data, waagent's ovf-env.xml. Users with uid < 1000 are never touched.
+  A kiln build provisions no user (customizers run as root in a sandbox, not over SSH as a build
+  user, and the boot test's user lives on a throwaway overlay), so a built image keeps exactly
+  the users its customizers added, with their passwords, as AIB's images do.
+- DHCP leases, logs (files; folders stay so services can write), shell histories, apt lists and
+  caches, and everything in /tmp and /var/tmp removed.
+- root's password disabled (`*`), as waagent does.
 - kiln's own policy-rc.d removed, should a killed run have left it.
 
 If a customizer wrote /tmp/DeprovisioningScript.sh, it runs instead (inside the isolated root),
@@ -24,7 +33,9 @@ as Azure Image Builder does; it then owns deprovisioning, and only kiln's own tr
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -38,6 +49,7 @@ _SSH_KEYGEN_UNIT_TEXT = """\
 [Unit]
 Description=Generate SSH host keys (removed when kiln generalized this image)
 ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+After=cloud-init.service
 Before=ssh.service sshd.service
 
 [Service]
@@ -51,9 +63,9 @@ WantedBy=multi-user.target ssh.service
 
 # Folders whose contents go, folders kept.
 _EMPTY_DIRS = ("tmp", "var/tmp", "var/lib/dhcp", "var/lib/dhclient", "var/cache/apt/archives/partial",
-               "var/lib/cloud/instances", "var/lib/cloud/data", "var/lib/cloud/sem", "var/log/journal")
+               "var/lib/cloud", "var/lib/waagent", "var/log/journal")
 _FILES = ("var/lib/dbus/machine-id", "var/lib/systemd/random-seed", "var/lib/systemd/credential.secret",
-          "var/lib/cloud/instance", "root/.bash_history", "root/.lesshst", "root/.viminfo", "root/.python_history",
+          "root/.bash_history", "root/.lesshst", "root/.viminfo", "root/.python_history",
           "root/.wget-hsts", "root/.sudo_as_admin_successful")
 _HISTORIES = (".bash_history", ".zsh_history", ".lesshst", ".viminfo", ".python_history", ".wget-hsts")
 
@@ -77,19 +89,99 @@ def generalize(root: Path, monitor: Monitor, *, timeout: float | None = None) ->
         remove_policy_rc_d(root)
         return
     remove_policy_rc_d(root)
+    removed = _provisioned_users(root, monitor, timeout)
     _machine_id(root)
     _ssh_host_keys(root, monitor)
     _resolv_conf(root)
     for d in _EMPTY_DIRS:
         _empty_dir(_host(root, d))
     for f in _FILES:
-        _remove_file(_host(root, f))
+        _remove_file(_entry(root, f))
     _homes(root)
     _logs(_host(root, "var/log"))
     _apt(root)
     _disable_root_password(root)
     monitor.log("generalized: machine-id emptied, SSH host keys removed (regenerated at first boot), "
-                "leases, logs, histories, apt lists/caches, /tmp and /var/tmp cleaned", name="generalize")
+                "cloud-init and waagent state, leases, logs, histories, apt lists/caches, /tmp and /var/tmp cleaned"
+                + (f"; provisioned user(s) deleted: {', '.join(removed)}" if removed else ""), name="generalize")
+
+
+def provisioned_users(root: Path) -> list[str]:
+    """The users a provisioning agent created in this root (what `waagent -deprovision+user`
+    deletes), from the agents' own records: cloud-init's sudoers rules and its instances'
+    user-data, waagent's ovf-env.xml. Only regular users (uid >= 1000) that exist are named."""
+    names: list[str] = []
+    sudoers = _host(root, "etc/sudoers.d/90-cloud-init-users")
+    if sudoers.is_file():
+        names += re.findall(r"^# User rules for (\S+)", sudoers.read_text(errors="replace"), re.M)
+    instances = _host(root, "var/lib/cloud/instances")
+    if instances.is_dir():
+        for user_data in sorted(instances.glob("*/user-data.txt")):
+            names += _cloud_config_users(user_data.read_text(errors="replace"))
+    ovf = _host(root, "var/lib/waagent/ovf-env.xml")
+    if ovf.is_file():
+        names += re.findall(r"<(?:\w+:)?UserName>([^<]+)</", ovf.read_text(errors="replace"))
+    regular = {fields[0] for fields in _passwd(root) if len(fields) > 2 and fields[2].isdigit()
+               and 1000 <= int(fields[2]) < 65534}
+    return [n for n in dict.fromkeys(names) if n in regular]
+
+
+def _cloud_config_users(text: str) -> list[str]:
+    """User names in a #cloud-config `users:` list: JSON (as kiln's seeds write it) or YAML's block
+    style (`- name: x` or `- x` items). Anything else names no one (kept, not guessed at)."""
+    if not text.startswith("#cloud-config"):
+        return []
+    body = text.split("\n", 1)[1] if "\n" in text else ""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        users = data.get("users") or []
+        return [u["name"] if isinstance(u, dict) else u for u in users
+                if isinstance(u, str) and u != "default" or isinstance(u, dict) and isinstance(u.get("name"), str)]
+    found, inside = [], False
+    for line in body.splitlines():
+        if re.match(r"^users\s*:", line):
+            inside = True
+            continue
+        if inside and line and not line[0].isspace() and not line.startswith("-"):
+            break
+        item = re.match(r"^\s*-\s+(?:name\s*:\s*)?[\"']?([a-z_][a-z0-9_.-]*)[\"']?\s*$", line) if inside else None
+        if item and item.group(1) != "default":
+            found.append(item.group(1))
+    return found
+
+
+def _passwd(root: Path) -> list[list[str]]:
+    passwd = _host(root, "etc/passwd")
+    return [line.split(":") for line in passwd.read_text(errors="replace").splitlines()] if passwd.is_file() else []
+
+
+def _provisioned_users(root: Path, monitor: Monitor, timeout: float | None) -> list[str]:
+    names = provisioned_users(root)
+    if not names:
+        return []
+    with IsolatedRoot(root, monitor) as sandbox:
+        for name in names:
+            done = sandbox.run(["userdel", "--force", "--remove", name], timeout=timeout, name="generalize")
+            # 12: the home or mail spool could not be removed (e.g. missing): the user is gone all the same
+            if done.returncode not in (0, 12):
+                raise BuildFailed(f"generalize: userdel {name} (a provisioned user) failed with exit code "
+                                  f"{done.returncode}\n{done.tail.strip()[-500:]}",
+                                  hint="the image's /etc/passwd or /etc/shadow may be damaged")
+    sudoers = _host(root, "etc/sudoers.d/90-cloud-init-users")
+    if sudoers.is_file():
+        sudoers.unlink()  # cloud-init writes it for the users it provisions (gone now); it writes it anew
+    return names
+
+
+def _entry(root: Path, inside: str) -> Path:
+    """The host path of the entry `inside` itself: its folder resolved within the root, the last
+    name not followed (removing /var/lib/dbus/machine-id must not remove the /etc/machine-id it
+    links to)."""
+    parent, _, name = inside.rstrip("/").rpartition("/")
+    return _host(root, parent or ".") / name
 
 
 def _host(root: Path, inside: str) -> Path:
@@ -98,9 +190,9 @@ def _host(root: Path, inside: str) -> Path:
 
 
 def _machine_id(root: Path) -> None:
-    mid = _host(root, "etc/machine-id")
+    mid = _entry(root, "etc/machine-id")
     if mid.parent.is_dir():
-        mid.unlink(missing_ok=True)
+        _remove_file(mid)
         mid.write_bytes(b"")
         mid.chmod(0o444)
 

@@ -168,8 +168,12 @@ class IsolatedRoot:
 
     # -------------------------------------------------------------- running
 
-    def command(self, argv: Sequence[str], *, stage: Path | None = None, cgroups: Sequence[str] = ()) -> list[str]:
-        """The host command line that runs `argv` inside the root (for logs and `abort` hints)."""
+    def command(self, argv: Sequence[str], *, stage: Path | None = None, cgroups: Sequence[str] = (),
+                tmpfs: Sequence[str] = ()) -> list[str]:
+        """The host command line that runs `argv` inside the root (for logs and `abort` hints).
+
+        `tmpfs`: folders inside that get an empty tmpfs of their own for this command (a mount
+        point on another filesystem, as a mounted ESP is to kernel-install)."""
         mode, path = _resolv_plan(self.root)
         bwrap = [
             "--die-with-parent", "--new-session", "--as-pid-1",  # the command is pid 1, as before
@@ -189,6 +193,8 @@ class IsolatedRoot:
             bwrap += ["--perms", "0644", "--ro-bind-data", "6", path]  # bwrap's default 0600 hides it from _apt
         if stage is not None:
             bwrap += ["--ro-bind", str(stage.absolute()), STAGE_DIR]
+        for inside in tmpfs:
+            bwrap += ["--tmpfs", inside]
         bwrap += ["--cap-drop", "ALL"]
         for cap in KEPT_CAPABILITIES:
             bwrap += ["--cap-add", cap]
@@ -210,6 +216,7 @@ class IsolatedRoot:
         stage: Path | None = None,
         check: bool = False,
         name: str = "",
+        tmpfs: Sequence[str] = (),
     ) -> Completed:
         """Run `argv` inside the root; return its exit code and output tail.
 
@@ -242,7 +249,7 @@ class IsolatedRoot:
         if "pids" in groups.dirs:
             watcher.start()
         try:
-            result = run_streamed(self.command(argv, stage=stage, cgroups=groups.procs_files), self.monitor,
+            result = run_streamed(self.command(argv, stage=stage, cgroups=groups.procs_files, tmpfs=tmpfs), self.monitor,
                                   name=name, timeout=timeout, env=inner_env, replace_env=True)
             oom_kills = groups.oom_kills()
         finally:

@@ -53,7 +53,7 @@ class CacheMeta(TypedDict):
     exact_version: str
     recipe: dict[str, Any]  # dataclasses.asdict(Recipe)
 
-RECIPE_VERSION = "4"
+RECIPE_VERSION = "5"  # 5: cloud-init, growpart, systemd-boot, the generic kernel
 SETUP_HOOK = Path(__file__).with_name("platform-setup.sh")
 SPEED_HOOKS = Path(__file__).with_name("platform-hooks.sh")
 BOOTSTRAP_TIMEOUT_S = 3600
