@@ -24,6 +24,7 @@ from kiln.store.labs import Labs
 from kiln.store.maintenance import GcReport, check, gc
 from kiln.store.regions import Regions
 from kiln.store.runs import Runs
+from kiln.store.vms import Vms
 
 
 class Store:
@@ -36,6 +37,7 @@ class Store:
         self.galleries = Galleries(catalog, self.blobs, self.regions)
         self.runs = Runs(catalog)
         self.labs = Labs(catalog, self.blobs, self.regions)
+        self.vms = Vms(catalog)
 
     @classmethod
     def open(cls, config: Config) -> Store:
