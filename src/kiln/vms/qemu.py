@@ -32,7 +32,15 @@ from pathlib import Path
 from kiln.access.seed import Seed, write_seed
 from kiln.errors import HostFailed, InvalidInput
 from kiln.run import minimal_env, run, spawn
-from kiln.sandbox.vm import BWRAP, QEMU, confined, confinement_enabled, detect_accel, ovmf_firmware, qemu_command
+from kiln.sandbox.vm import (
+    BWRAP,
+    QEMU,
+    confined,
+    confinement_enabled,
+    detect_accel,
+    ovmf_firmware,
+    qemu_command,
+)
 from kiln.store.blobs import process_start
 from kiln.store.vms import VirtualMachine
 from kiln.tools import ToolMissing
