@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from kiln.vms.lifecycle import CreateRequest
 
 WAIT_S = 900.0
+SSH_CONNECT_TIMEOUT_S = 60
 
 
 def _rows(vms: list[VirtualMachine]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
@@ -151,13 +152,15 @@ def register_vm(cli: click.Group) -> None:
     @pass_app
     def ssh_(app: App, name: str, command: tuple[str, ...]) -> None:
         """Log in to VM NAME as its admin user with OpenSSH (or run COMMAND there)."""
-        from kiln.access.ssh import interactive
+        from kiln.access.ssh import ssh_argv
         from kiln.vms.lifecycle import target
 
         v = _get(app, name)
         if not v.running:
             raise InvalidInput(f"VM {v.name} is not running", hint=f"kiln vm start {v.name}")
-        argv = interactive(target(v), command)
+        # kiln.access.ssh.interactive's command line, with a patient connect timeout: a TCG guest
+        # on a busy host can take longer than 10 s to send its SSH banner.
+        argv = ssh_argv(target(v), *command, tty=not command, batch=False, connect_timeout=SSH_CONNECT_TIMEOUT_S)
         try:
             os.execvp(argv[0], argv)
         except FileNotFoundError:
