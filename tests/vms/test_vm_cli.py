@@ -202,3 +202,28 @@ def test_bad_input_exits_2_and_leaves_nothing(kiln: Kiln, raw_disk: Path, tmp_pa
     assert expected[1] in proc.stderr and "Traceback" not in proc.stderr
     assert vm_rows(kiln.home) == [] and not qemus_of(kiln.home)
     assert not any((kiln.home / "vms").glob("*/os-disk.qcow2"))
+
+
+def test_factory_saves_a_golden_vm_into_the_factory_lab(kiln: Kiln, raw_disk: Path) -> None:
+    """The DevTest Labs flow: a golden VM in the factory lab, saved as a custom image the factory names
+    and tags (ImagePath), which `kiln factory distribute` then hands to the labs that ask for it."""
+    from kiln.factory import DEFAULT_FACTORY_LAB
+
+    image = import_image(kiln, raw_disk, "golden-src")
+    kiln.ok("lab", "create", DEFAULT_FACTORY_LAB)
+    kiln.ok("lab", "image", "list", DEFAULT_FACTORY_LAB)
+    custom = f"{DEFAULT_FACTORY_LAB}/customimages/seed"
+    kiln.ok("vm", "create", "tmp", "--image", image, "--no-wait", "--memory", "256")
+    kiln.ok("vm", "stop", "tmp", "--grace", "1")
+    kiln.ok("vm", "capture", "tmp", "--id", custom, "--specialized", "--no-validate")
+    kiln.ok("lab", "vm", "create", DEFAULT_FACTORY_LAB, "golden1", "--image", "seed", "--no-wait", "--memory", "256")
+    running = kiln("factory", "save-vm", "golden1", "--image-path", "Linux/web.json", "--generalized")
+    assert running.returncode == 2 and "stop it first" in running.stderr
+    kiln.ok("vm", "stop", "golden1", "--grace", "1")
+    saved = json.loads(kiln.ok("factory", "save-vm", "golden1", "--image-path", "Linux/web.json", "--specialized",
+                               "--no-validate", "--json").stdout)
+    assert saved["name"].startswith("Linux_web-") and saved["tags"]["ImagePath"] == "Linux/web.json"
+    assert saved["properties"]["vm"]["linuxOsInfo"]["linuxOsState"] == "NonDeprovisioned"
+    again = json.loads(kiln.ok("factory", "save-vm", "golden1", "--image-path", "Linux/web.json", "--specialized",
+                               "--no-validate", "--json").stdout)
+    assert again["name"] == saved["name"] + "-2"  # a second save the same day, as the factory names reruns

@@ -317,6 +317,50 @@ def register_lab_vm(cli: click.Group) -> None:
         click.echo(f"deleted {v.id}")
 
 
+def register_factory_save_vm(cli: click.Group) -> None:
+    factory = cli.commands.get("factory")
+    if not isinstance(factory, click.Group):
+        return
+
+    @factory.command("save-vm")
+    @click.argument("name")
+    @click.option("--image-path", required=True, help="The golden image's path (its ImagePath tag), e.g. Linux/web.json.")
+    @click.option("--generalized", "state", flag_value="Generalized", help="Deprovision the copy (a new machine per VM).")
+    @click.option("--specialized", "state", flag_value="Specialized", help="An exact copy of the VM's disk.")
+    @click.option("--no-validate", is_flag=True, help="Skip the boot test (the image is marked unverified).")
+    @click.option("--factory-lab", default=None, help="The factory lab (default: kiln's ImageFactory lab).")
+    @click.option("--location", default=None, help="Region of the factory lab if it is created (default: the first).")
+    @json_option
+    @pass_app
+    def save_vm(app: App, name: str, image_path: str, state: str | None, no_validate: bool, factory_lab: str | None,
+                location: str | None, as_json: bool) -> None:
+        """Save stopped VM NAME (a golden VM, usually made in the factory lab) into the factory lab as a custom
+        image named and tagged as the factory names its builds, ready for `kiln factory distribute`."""
+        from kiln.factory import DEFAULT_FACTORY_LAB
+        from kiln.factory.build import ensure_lab
+        from kiln.factory.config import normalize_path
+        from kiln.factory.names import dated_name, unique_name
+        from kiln.store.db import now
+        from kiln.vms.capture import capture as run_capture
+
+        if state is None:
+            raise InvalidInput("say --generalized or --specialized", hint="as the DevTest Labs factory saves VMs")
+        path = normalize_path(image_path)
+        with open_store(app) as store:
+            v = store.vms.get(name)
+            lab = ensure_lab(store, factory_lab or DEFAULT_FACTORY_LAB, location or app.config.default_location)
+            taken = {i.name.lower() for i in store.labs.images(lab.id)}
+            target = lab.id.child("customimages", unique_name(dated_name(path, now()), taken))
+            made = run_capture(store, v, str(target), os_state=state, validate=not no_validate, image_path=path,
+                               monitor=make_monitor(app))
+        if as_json:
+            print_json(made.to_json())
+        else:
+            click.echo(f"saved {v.name} as {made.id} ({path}, {state}, "
+                       f"{'boot-tested' if made.boot_tested else 'not boot-tested'})")
+
+
 def register(cli: click.Group) -> None:
     register_vm(cli)
     register_lab_vm(cli)
+    register_factory_save_vm(cli)

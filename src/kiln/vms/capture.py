@@ -102,7 +102,9 @@ def _target(store: Store, text: str, os_state: str, generation: str) -> Resource
 
 
 def capture(store: Store, vm: VirtualMachine, target: str, *, os_state: str, validate: bool = True,
-            monitor: Monitor | None = None) -> Captured:
+            image_path: str = "", monitor: Monitor | None = None) -> Captured:
+    """Publish a copy of stopped `vm`'s disk as `target` (see the module docstring). `image_path`
+    is the factory's ImagePath tag of a lab custom image (`kiln factory save-vm`)."""
     monitor = monitor or NullMonitor()
     if os_state not in ("Generalized", "Specialized"):
         raise ValueError(os_state)
@@ -137,7 +139,7 @@ def capture(store: Store, vm: VirtualMachine, target: str, *, os_state: str, val
             monitor.log("boot test skipped (--no-validate): the image is marked unverified", name="capture")
         blob = store.blobs.ingest(disk, holder=holder, move=True, monitor=monitor)
         return _publish(store, rid, blob, vm, os_state=os_state, generation=generation, boot_tested=boot_tested,
-                        monitor=monitor)
+                        image_path=image_path, monitor=monitor)
     finally:
         store.blobs.release_holder(holder)
         shutil.rmtree(work, ignore_errors=True)
@@ -178,7 +180,7 @@ def _boot_test(disk: Path, work: Path, monitor: Monitor) -> bool:
 
 
 def _publish(store: Store, rid: ResourceId, blob: Blob, vm: VirtualMachine, *, os_state: str, generation: str,
-             boot_tested: bool, monitor: Monitor) -> Captured:
+             boot_tested: bool, image_path: str, monitor: Monitor) -> Captured:
     kind = rid.kind.lower()
     source = str(vm.id)
     if kind == ids.IMAGE.lower():
@@ -199,5 +201,5 @@ def _publish(store: Store, rid: ResourceId, blob: Blob, vm: VirtualMachine, *, o
 
     custom = publish_lab_image(store, rid.parent(), rid.name, blob, os_type=vm.os_type, os_state=os_state,
                                description=f"captured from VM {vm.id}", source=source, boot_tested=boot_tested,
-                               monitor=monitor)
+                               image_path=image_path, monitor=monitor)
     return Captured(str(custom.id), os_state, generation, boot_tested, custom.to_json())
