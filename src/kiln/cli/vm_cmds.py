@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from kiln.cli import App, pass_app
-from kiln.cli.common import emit, json_option, make_monitor, open_store, print_json
+from kiln.cli.common import Rows, emit, json_option, make_monitor, open_store, print_json
 from kiln.errors import BuildFailed, InvalidInput
 
 if TYPE_CHECKING:
@@ -31,12 +31,12 @@ WAIT_S = 900.0
 SSH_CONNECT_TIMEOUT_S = 60
 
 
-def _rows(vms: list[VirtualMachine]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+def _rows(vms: list[VirtualMachine]) -> Rows:
     return (("NAME", "POWER STATE", "SSH", "IMAGE", "ID"),
             [(v.name, v.power_state, f"127.0.0.1:{v.ssh_port}", v.image_id, str(v.id)) for v in vms])
 
 
-def _show_rows(v: VirtualMachine) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+def _show_rows(v: VirtualMachine) -> Rows:
     return (("FIELD", "VALUE"), [
         ("id", v.id), ("powerState", v.power_state), ("image", v.image_id), ("osType", v.os_type),
         ("hyperVGeneration", f"{v.hyper_v_generation} ({v.firmware.upper()})"), ("adminUsername", v.admin_username),

@@ -54,10 +54,11 @@ def _relay(sock: socket.socket, stdin: int, interactive: bool) -> None:
     out = sys.stdout.buffer
     reading_stdin = True
     while True:
-        ready, _, _ = select.select([sock, stdin] if reading_stdin else [sock], [], [], None if reading_stdin else DRAIN_S)
+        watched: list[int] = [sock.fileno(), stdin] if reading_stdin else [sock.fileno()]
+        ready, _, _ = select.select(watched, [], [], None if reading_stdin else DRAIN_S)
         if not ready:
             return  # piped input ended and the console has been quiet since
-        if sock in ready:
+        if sock.fileno() in ready:
             data = sock.recv(65536)
             if not data:
                 return  # QEMU went away: the VM stopped
