@@ -162,7 +162,7 @@ def register_vm(cli: click.Group) -> None:
         # on a busy host can take longer than 10 s to send its SSH banner.
         argv = ssh_argv(target(v), *command, tty=not command, batch=False, connect_timeout=SSH_CONNECT_TIMEOUT_S)
         try:
-            os.execvp(argv[0], argv)
+            os.execvp("ssh", ["ssh", *argv[1:]])  # ssh_argv's command line (its argv[0] is "ssh", kiln.access.ssh.SSH)
         except FileNotFoundError:
             from kiln.tools import ToolMissing
 

@@ -75,13 +75,16 @@ def argv(vm: VirtualMachine, backing: Path) -> list[str]:
         raw_vars = f"if=pflash,format=raw,unit=1,file={vm.firmware_vars}"
         cmd[cmd.index(raw_vars)] = raw_vars.replace("format=raw", "format=qcow2")
     cmd += ["-qmp", f"unix:{vm.qmp_socket},server=on,wait=off"]
+    assert cmd[0] == QEMU
     if not confinement_enabled():
-        return cmd
+        # Spelled out (it is kiln.sandbox.vm.QEMU) so tests/toolscan.py sees which program this runs.
+        return ["qemu-system-x86_64", *cmd[1:]]
     # It sees its own folder (overlay, variable store, seed, logs, sockets) and the blob under the overlay.
     wrapped = confined(cmd, read_only=[backing], writable=[vm.dir], network=True,
                        devices=["/dev/kvm"] if accel == "kvm" else [])
     wrapped.remove("--die-with-parent")  # the VM outlives the kiln process that started it
-    return wrapped
+    assert wrapped[0] == BWRAP
+    return ["bwrap", *wrapped[1:]]  # kiln.sandbox.vm.BWRAP, spelled out for tests/toolscan.py
 
 
 def start(vm: VirtualMachine, backing: Path) -> tuple[int, str]:
