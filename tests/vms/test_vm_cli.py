@@ -227,3 +227,33 @@ def test_factory_saves_a_golden_vm_into_the_factory_lab(kiln: Kiln, raw_disk: Pa
     again = json.loads(kiln.ok("factory", "save-vm", "golden1", "--image-path", "Linux/web.json", "--specialized",
                                "--no-validate", "--json").stdout)
     assert again["name"] == saved["name"] + "-2"  # a second save the same day, as the factory names reruns
+
+
+def test_a_port_taken_after_kiln_looked_is_refused_by_qemu_or_moved(kiln: Kiln, raw_disk: Path) -> None:
+    """Another program can take a VM's port between kiln's look and QEMU's bind. QEMU's refusal
+    ("Could not set up host forwarding rule") is then the user's error (exit 2) for a port they
+    chose; a stopped VM whose port was taken meanwhile starts on a new one."""
+    from kiln.config import load_config
+    from kiln.errors import InvalidInput
+    from kiln.store import Store
+    from kiln.vms import qemu
+
+    image = import_image(kiln, raw_disk, "base")
+    made = kiln.json("vm", "create", "p1", "--image", image, "--no-wait", "--memory", "256")
+    kiln.ok("vm", "stop", "p1", "--grace", "1")
+    held = socket.socket()
+    held.bind(("127.0.0.1", made["kiln"]["sshPort"]))
+    held.listen()
+    try:
+        with Store.open(load_config(kiln.home)) as store:
+            vm = store.vms.get("p1")
+            with pytest.raises(InvalidInput, match="already in use") as refused:
+                qemu.start(vm, store.blobs.path_for(vm.digest))  # past kiln's own check, as in the race
+            assert "Could not set up host forwarding rule" in str(refused.value)
+        assert not qemus_of(kiln.home)
+        started = kiln.ok("vm", "start", "p1")
+        moved = kiln.json("vm", "show", "p1")
+        assert moved["kiln"]["powerState"] == "Running" and moved["kiln"]["sshPort"] != made["kiln"]["sshPort"]
+        assert str(moved["kiln"]["sshPort"]) in started.stdout
+    finally:
+        held.close()

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 DEFAULT_ADMIN = "azureuser"  # Azure's default admin user name (az vm create, the portal)
 DEFAULT_MEMORY_MIB = 2048
 STOP_GRACE_S = 60.0  # for the guest to shut down after the power button, before QEMU is killed
+PORT_ATTEMPTS = 3  # QEMU starts with a port kiln picked, before it gives up
 KEY_NAME = "id_ed25519"  # the key kiln makes when the user has none, in <state home>/vms/ssh/
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _RESERVED_USERS = {"root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy",
@@ -158,7 +159,7 @@ def create(store: Store, request: CreateRequest, monitor: Monitor | None = None)
                                   user=admin, public_keys=(public,)), vm.seed)
         monitor.log(f"vm {vm.name}: {source.id} ({vm.firmware.upper()}, {vm.cpus} vCPU, {vm.memory_mib} MiB, "
                     f"{size >> 30} GiB disk), SSH on 127.0.0.1:{port}", name="vm")
-        vm = start(store, vm)
+        vm = start(store, vm, port_fixed=request.ssh_port is not None)
     except BaseException:
         if vm.pid is not None:
             qemu.kill_group(vm.pid, vm.pid_start)
@@ -177,19 +178,32 @@ def _free_port(store: Store) -> int:
     raise RuntimeError("no free port found in 100 tries")
 
 
-def start(store: Store, vm: VirtualMachine) -> VirtualMachine:
+def start(store: Store, vm: VirtualMachine, *, port_fixed: bool = False) -> VirtualMachine:
     """Start a stopped VM (a running one is returned as it is). Its SSH port moves if another
-    program took it meanwhile (the new one is in the catalog: `kiln vm ssh` follows it)."""
+    program took it meanwhile (the new one is in the catalog: `kiln vm ssh` follows it), unless
+    the user chose it (`port_fixed`: then a taken port is their error, exit 2)."""
     if vm.running:
         return vm
     backing = store.blobs.path_for(vm.digest)
-    if ssh.port_in_use(vm.ssh_port):
-        port = _free_port(store)
-        store.vms.set_port(vm.id, port)
-        vm = replace(vm, ssh_port=port)
-    pid, started = qemu.start(vm, backing)
+    for attempt in range(PORT_ATTEMPTS):
+        if ssh.port_in_use(vm.ssh_port) and not port_fixed:
+            vm = _move_port(store, vm)
+        try:
+            pid, started = qemu.start(vm, backing)
+            break
+        except qemu.PortTaken:
+            # Taken between kiln's look and QEMU's bind: a port kiln picked is picked again.
+            if port_fixed or attempt == PORT_ATTEMPTS - 1:
+                raise
+            vm = _move_port(store, vm)
     store.vms.set_process(vm.id, pid, started)
     return replace(vm, pid=pid, pid_start=started)
+
+
+def _move_port(store: Store, vm: VirtualMachine) -> VirtualMachine:
+    port = _free_port(store)
+    store.vms.set_port(vm.id, port)
+    return replace(vm, ssh_port=port)
 
 
 def stop(store: Store, vm: VirtualMachine, *, grace: float = STOP_GRACE_S) -> str:

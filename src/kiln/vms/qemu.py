@@ -50,6 +50,10 @@ SEED_SERIAL = "cidata"
 PORT_TAKEN = "Could not set up host forwarding rule"
 
 
+class PortTaken(InvalidInput):
+    """QEMU could not listen on the VM's SSH port: another program took it after kiln looked."""
+
+
 def check_socket_paths(vm: VirtualMachine) -> None:
     for sock in (vm.qmp_socket, vm.console_socket):
         if len(os.fsencode(sock)) > SOCKET_PATH_MAX:
@@ -117,8 +121,8 @@ def start(vm: VirtualMachine, backing: Path) -> tuple[int, str]:
     proc.wait(5)
     tail = "\n".join(vm.qemu_log.read_text(errors="replace").strip().splitlines()[-10:])
     if PORT_TAKEN in tail:
-        raise InvalidInput(f"SSH port {vm.ssh_port} on 127.0.0.1 is already in use; QEMU said:\n{tail}",
-                           hint="pick another --ssh-port, or leave it out to get a free one")
+        raise PortTaken(f"SSH port {vm.ssh_port} on 127.0.0.1 is already in use; QEMU said:\n{tail}",
+                        hint="pick another --ssh-port, or leave it out to get a free one")
     raise HostFailed(f"QEMU did not start for VM {vm.name}:\n{tail}", hint=f"its log: {vm.qemu_log}")
 
 
