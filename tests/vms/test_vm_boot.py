@@ -55,6 +55,10 @@ def test_create_logs_in_with_the_users_key_on_a_grown_disk(cloud_kiln: Kiln, vm1
     size = int(ssh(cloud_kiln, "vm1", "df -B1 --output=size / | tail -1"))
     assert size > 5 << 30
     assert ssh(cloud_kiln, "vm1", "sudo -n true && echo sudo-ok") == "sudo-ok"
+    # The serial console: attached (a newline typed, the login prompt answers), and its log.
+    console = cloud_kiln("vm", "console", "vm1", input="\n", timeout=120)
+    assert console.returncode == 0 and "login:" in console.stdout, console.stderr
+    assert "login:" in cloud_kiln.ok("vm", "console", "vm1", "--log").stdout
 
 
 def test_generalized_capture_of_a_running_vm_exits_2(cloud_kiln: Kiln, vm1: dict) -> None:
