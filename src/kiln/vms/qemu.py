@@ -150,7 +150,9 @@ def qmp(vm: VirtualMachine, command: str, *, timeout: float = 5.0) -> dict[str, 
 
 
 def alive(pid: int | None, started: str) -> bool:
-    return pid is not None and bool(started) and process_start(pid) == started
+    """The process kiln started (same pid, same start time) still runs; an exited child of this
+    very process (a zombie until reaped) counts as gone."""
+    return pid is not None and bool(started) and process_start(pid) == started and not _zombie(pid)
 
 
 def kill_group(pid: int, started: str, sig: int = signal.SIGKILL) -> None:
@@ -165,8 +167,7 @@ def kill_group(pid: int, started: str, sig: int = signal.SIGKILL) -> None:
 def wait_gone(pid: int, started: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        _reap(pid)
-        if not alive(pid, started) or _zombie(pid):
+        if not alive(pid, started):
             _reap(pid)
             return True
         time.sleep(0.1)
