@@ -158,11 +158,26 @@ def _generalize(disk: Path, work: Path, monitor: Monitor) -> Path:
     extract_root(disk, "raw", root, monitor=monitor)
     disk.unlink()
     generalize(root, monitor)
+    _keep_machine_id_file(root)
     out = work / "generalized.raw"
     assemble_disk(root, out, prepare_boot(root), monitor=monitor)
     shutil.rmtree(root, ignore_errors=True)
     monitor.result("generalize")
     return out
+
+
+def _keep_machine_id_file(root: Path) -> None:
+    """An empty /etc/machine-id, as generalize means to leave it (systemd's first-boot signal).
+
+    In a root that has booted, /var/lib/dbus/machine-id is a symlink to /etc/machine-id, and
+    generalize's removal of that path (resolved inside the root) removes /etc/machine-id itself;
+    without the file a VM's first boot cannot commit a machine-id and networkd gets no DHCP lease.
+    Reported to generalize's owners; harmless once they fix it.
+    """
+    mid = root / "etc" / "machine-id"
+    if mid.parent.is_dir() and not mid.exists() and not mid.is_symlink():
+        mid.write_bytes(b"")
+        mid.chmod(0o444)
 
 
 def _boot_test(disk: Path, work: Path, monitor: Monitor) -> bool:
