@@ -22,6 +22,7 @@ itself (kiln doctor) carries the comment `# tools: argv[0] from tools.toml` on i
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ _WRAPPER_OPTS: dict[str, set[str]] = {
     "chroot": {"--userspec", "--groups"},
     "xargs": {"-I", "-n", "-P", "-d", "-E", "-L", "-s", "-a"},
     "pasta": {"-t", "-u", "-T", "-U", "-a", "-n", "-g", "-m", "-D", "-S", "-p", "-P", "-i", "-o", "--netns",
-              "--userns", "--runas", "--config-net", "--ns-ifname", "--pid", "--log-file", "--fd"},
+              "--userns", "--runas", "-l", "--ns-ifname", "--pid", "--log-file", "--fd"},
     "bwrap": {"--args", "--userns", "--userns2", "--pidns", "--uid", "--gid", "--hostname", "--chdir",
               "--unsetenv", "--lock-file", "--sync-fd", "--remount-ro", "--proc", "--dev", "--tmpfs", "--mqueue",
               "--dir", "--seccomp", "--add-seccomp-fd", "--block-fd", "--userns-block-fd", "--info-fd",
@@ -143,7 +144,7 @@ def programs_of(items: list[str | None], where: str, at: str, found: Found) -> N
             i += 1
             continue
         break
-    if i < len(items):
+    if i < len(items) and items[i] is not DYN:  # DYN: the caller's argv, checked where it is built
         programs_of(items[i:], "guest" if name == "chroot" else where, at, found)
 
 
@@ -369,6 +370,7 @@ class _Module:
     assigns: dict[str, list[ast.expr]]  # module level
     functions: dict[str, ast.FunctionDef]  # module functions and methods, by name
     parents: dict[ast.AST, ast.FunctionDef]  # the innermost function around a node
+    imports: dict[str, Path]  # name -> the kiln module it comes from (`from kiln.x import name`)
 
     def scope_of(self, node: ast.AST) -> ast.FunctionDef | None:
         return self.parents.get(node)
@@ -394,7 +396,21 @@ def _load(path: Path, rel: str) -> _Module:
                 parents[child] = inner  # type: ignore[assignment]
             visit(child, inner)  # type: ignore[arg-type]
     visit(tree, None)
-    return _Module(rel, tree, text.splitlines(), assigns, functions, parents)
+    src = Path(str(path)[: -len(rel)]) if str(path).endswith(rel) else path.parent
+    imports: dict[str, Path] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "kiln" and not node.level:
+            source = src / (node.module.replace(".", "/") + ".py")
+            if source.is_file():
+                for alias in node.names:
+                    imports[alias.asname or alias.name] = source
+    return _Module(rel, tree, text.splitlines(), assigns, functions, parents, imports)
+
+
+@functools.cache
+def _load_imported(path: Path) -> _Module:
+    rel = str(path)[str(path).rindex("/kiln/") + 1:]
+    return _load(path, rel)
 
 
 def _assignments(stmt: ast.stmt) -> Iterator[tuple[str, ast.expr]]:
@@ -473,6 +489,8 @@ class _Resolver:
             return self.argvs(expr.generators[0].iter, fn)
         if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Add):
             return self.argvs(expr.left, fn)
+        if isinstance(expr, ast.IfExp):
+            return self.argvs(expr.body, fn) + self.argvs(expr.orelse, fn)
         if isinstance(expr, ast.Call):
             func = expr.func
             if isinstance(func, ast.Name) and func.id in ("list", "tuple") and len(expr.args) == 1:
@@ -480,13 +498,19 @@ class _Resolver:
             name = func.attr if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) \
                 and func.value.id == "self" else func.id if isinstance(func, ast.Name) else None
             target = self.m.functions.get(name) if name else None
+            resolver = self
+            if target is None and isinstance(func, ast.Name) and func.id in self.m.imports:
+                # A kiln function from another module that builds (part of) an argv: follow it there.
+                resolver = _Resolver(_load_imported(self.m.imports[func.id]))
+                resolver.depth = self.depth
+                target = resolver.m.functions.get(func.id)
             if target is not None:
                 returns = [r.value for r in ast.walk(target) if isinstance(r, ast.Return) and r.value is not None]
                 if returns:
                     out = []
                     for value in returns:
                         try:
-                            out += self.argvs(value, target)
+                            out += resolver.argvs(value, target)
                         except _Param:
                             out.append([DYN])
                     return out

@@ -23,6 +23,18 @@ the blobs, so publishing a finished disk is a rename, not a copy).
 
 The first region listed is the default location: where a command that takes `--location` (image
 import, gallery create, lab create, the factory lab) puts what it creates when given none.
+
+    [cluster]                                      # default: none (blobs stay on this host only)
+    blobs = "s3://bucket/prefix"                   # or "azureblob://container/prefix", "file:///srv/kiln-blobs"
+    blobs_endpoint_url = "http://127.0.0.1:9000"   # s3: an S3-compatible server (default: AWS)
+    blobs_region = "eu-west-1"                     # s3 (default: AWS_DEFAULT_REGION)
+    blobs_access_key_id = "..."                    # s3 (default: the AWS env vars, ~/.aws)
+    blobs_secret_access_key = "..."
+    blobs_connection_string = "..."                # azureblob (default: AZURE_STORAGE_CONNECTION_STRING)
+    blobs_account_url = "https://acct.blob.core.windows.net/?sv=..."  # azureblob: an account URL with a SAS
+
+With `blobs`, the hosts that share one catalog share its blobs too (`kiln.store.shared`): the local
+blob store becomes this host's cache of the shared one.
 """
 
 from __future__ import annotations
@@ -32,7 +44,8 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from kiln.errors import InvalidInput
 
@@ -55,6 +68,28 @@ class RegionConfig:
 
 
 @dataclass(frozen=True)
+class SharedBlobsConfig:
+    """Where the blobs of a shared catalog live (`[cluster] blobs`), parsed and checked."""
+
+    url: str
+    kind: Literal["azureblob", "s3", "file"]
+    container: str = ""  # the S3 bucket or the Azure container
+    prefix: str = ""  # object names start with it ("" or ending in "/")
+    path: str = ""  # file: the shared folder
+    endpoint_url: str = ""
+    region: str = ""
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    connection_string: str = ""
+    account_url: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    blobs: SharedBlobsConfig | None = None  # None: blobs stay on this host
+
+
+@dataclass(frozen=True)
 class Config:
     home: Path
     debian_mirror: str | None = None
@@ -62,6 +97,7 @@ class Config:
     uri_rewrites: tuple[UriRewrite, ...] = ()
     allowed_locations: tuple[str, ...] | None = None  # None: Azure's public regions
     regions: tuple[RegionConfig, ...] = field(default_factory=tuple)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def catalog_path(self) -> Path:
@@ -181,4 +217,43 @@ def load_config(home: Path | None = None) -> Config:
         uri_rewrites=rewrites,
         allowed_locations=tuple(allowed) if allowed else None,
         regions=regions,
+        cluster=_cluster(data.get("cluster", {}), path),
     )
+
+
+_BLOBS_SETTINGS = ("endpoint_url", "region", "access_key_id", "secret_access_key", "connection_string", "account_url")
+_BLOBS_HINT = 'use "s3://BUCKET[/PREFIX]", "azureblob://CONTAINER[/PREFIX]" or "file:///ABSOLUTE/PATH"'
+
+
+def _cluster(table: object, path: Path) -> ClusterConfig:
+    """The `[cluster]` table (only its blob settings: the queue and catalog are read elsewhere)."""
+    if not isinstance(table, dict):
+        raise InvalidInput("[cluster] must be a table", file=str(path), path="cluster", hint="write [cluster] on its own line")
+    blobs = table.get("blobs")
+    if blobs is None:
+        return ClusterConfig()
+    settings: dict[str, str] = {}
+    for key in ("blobs", *(f"blobs_{s}" for s in _BLOBS_SETTINGS)):
+        value = table.get(key, "")
+        if not isinstance(value, str):
+            raise InvalidInput(f"cluster.{key} must be a string", file=str(path), path=f"cluster.{key}", hint="quote it")
+        settings[key] = value
+    url = settings["blobs"]
+    parts = urlsplit(url)
+    extra = {s: settings[f"blobs_{s}"] for s in _BLOBS_SETTINGS}
+
+    def bad(why: str) -> InvalidInput:
+        return InvalidInput(f"cluster.blobs {url!r}: {why}", file=str(path), path="cluster.blobs", hint=_BLOBS_HINT)
+
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise bad("a file URL names an absolute path on this host")
+        return ClusterConfig(SharedBlobsConfig(url, "file", path=unquote(parts.path).rstrip("/") or "/", **extra))
+    if parts.scheme in ("s3", "azureblob"):
+        if not parts.netloc:
+            raise bad("the bucket or container name is missing")
+        prefix = parts.path.strip("/")
+        kind: Literal["s3", "azureblob"] = "s3" if parts.scheme == "s3" else "azureblob"
+        return ClusterConfig(SharedBlobsConfig(url, kind, container=parts.netloc, prefix=prefix + "/" if prefix else "",
+                                               **extra))
+    raise bad(f"unknown scheme {parts.scheme + '://' if parts.scheme else '(none)'}")

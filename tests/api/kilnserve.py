@@ -1,9 +1,11 @@
 """`kiln serve` as a real subprocess on 127.0.0.1, driven by Azure's own SDK (azure-mgmt-imagebuilder).
 
 Each server gets a state home of its own and a free port; tokens come from `kiln token create`.
-The SDK refuses bearer tokens over plain http, so the client is given an authentication policy
-that sets the header (as a caller of a loopback server must); everything else is the SDK's own
-pipeline: ARM polling, error parsing, models.
+A server started with `tls=True` serves HTTPS with kiln's own self-signed certificate, which its
+clients trust as their only CA (`connection_verify`): the SDK's own bearer policy then works as
+on Azure. Over plain http (`--insecure-http`) the SDK refuses bearer tokens, so the client is
+given an authentication policy that sets the header (as a caller of a loopback server must);
+everything else is the SDK's own pipeline: ARM polling, error parsing, models.
 """
 
 from __future__ import annotations
@@ -44,13 +46,21 @@ class Server:
     home: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    tls: bool = False
+    args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def cert(self) -> Path:
+        """kiln's self-signed certificate (made at the first TLS start): the clients' CA bundle."""
+        return self.home / "tls" / "serve.crt"
 
     def start(self) -> Server:
-        self.proc = subprocess.Popen([*KILN, "--home", str(self.home), "serve", "--insecure-http", "--port", str(self.port)],
+        mode = () if self.tls else ("--insecure-http",)
+        self.proc = subprocess.Popen([*KILN, "--home", str(self.home), "serve", *mode, "--port", str(self.port), *self.args],
                                      stdout=subprocess.DEVNULL, stderr=(self.home / "serve.log").open("ab"))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -74,9 +84,12 @@ class Server:
         assert out.count("\n") == 1, "kiln token create prints the token and nothing else"
         return out.strip()
 
-    def client(self, token: str, subscription: str = SUB) -> ImageBuilderClient:
+    def client(self, token: str, subscription: str = SUB, **kwargs) -> ImageBuilderClient:
+        if self.tls:  # the SDK exactly as against Azure, trusting kiln's certificate
+            return ImageBuilderClient(StaticToken(token), subscription, base_url=self.url,
+                                      connection_verify=str(self.cert), **kwargs)
         return ImageBuilderClient(StaticToken(token), subscription, base_url=self.url,
-                                  authentication_policy=LoopbackBearer(token))
+                                  authentication_policy=LoopbackBearer(token), **kwargs)
 
 
 class StaticToken:
@@ -97,9 +110,9 @@ class LoopbackBearer(SansIOHTTPPolicy):
         request.http_request.headers["Authorization"] = f"Bearer {self.token}"
 
 
-def start_server(home: Path) -> Server:
+def start_server(home: Path, *, tls: bool = False, args: tuple[str, ...] = ()) -> Server:
     home.mkdir(parents=True, exist_ok=True)
-    return Server(home).start()
+    return Server(home, tls=tls, args=args).start()
 
 
 def processes_mentioning(text: str, exclude: set[int]) -> list[str]:

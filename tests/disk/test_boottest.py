@@ -150,6 +150,9 @@ def test_qemu_runs_with_seccomp_and_sees_only_its_own_files(unbootable_disk: Pat
 
         assert eventually(lambda: qemu_pid() is not None), vm.qemu_output()
         qemu = qemu_pid()
+        # QEMU installs its filter after parsing its options: on a busy host the process can be
+        # seen before that moment. Wait for it (a QEMU that never installs one fails here).
+        eventually(lambda: "Seccomp:\t2" in Path(f"/proc/{qemu}/status").read_text())
         status = Path(f"/proc/{qemu}/status").read_text()
         mountinfo = Path(f"/proc/{qemu}/mountinfo").read_text()
         tmp = vm.tmp

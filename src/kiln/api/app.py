@@ -24,7 +24,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kiln import ids
+from kiln.api import identity, metadata
 from kiln.api.errors import ArmError, from_kiln_error
+from kiln.api.quota import RunQuota
 from kiln.api.service import PROVIDER, Service, operation_path
 from kiln.errors import KilnError
 from kiln.ids import ResourceId
@@ -39,7 +41,7 @@ LOG_CHUNK = 64 * 1024
 CallNext = Callable[[Request], Awaitable[Response]]
 _CANONICAL = {w.lower(): w for w in ("subscriptions", "resourceGroups", "providers", PROVIDER, "imageTemplates",
                                      "runOutputs", "runs", "log", "run", "cancel", "locations", "operations",
-                                     "operationResults")}
+                                     "operationResults", "Microsoft.Compute", "Microsoft.DevTestLab", "triggers", "customimages")}
 
 
 def create_app(service: Service) -> FastAPI:
@@ -50,6 +52,10 @@ def create_app(service: Service) -> FastAPI:
 
     app = FastAPI(title="kiln", lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     max_body = service.settings.max_body
+    keys = identity.keys_for(service.config.home)  # the managed-identity stand-in's JWTs (kiln.api.identity)
+    quota = RunQuota(service.settings.max_runs_per_token, service.resources)
+    app.include_router(identity.router(lambda: Tokens(service.store().catalog), keys))
+    app.include_router(metadata.router(service.store, service.config, keys))
 
     # ---------------------------------------------------------------- errors, all ARM-shaped
 
@@ -98,7 +104,8 @@ def create_app(service: Service) -> FastAPI:
         if not header:
             raise ArmError(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
         scheme, _, secret = header.partition(" ")
-        token = Tokens(service.store().catalog).check(secret.strip()) if scheme.lower() == "bearer" else None
+        token = identity.authenticate(Tokens(service.store().catalog), keys, secret.strip()) \
+            if scheme.lower() == "bearer" else None
         if token is None:
             raise ArmError(401, "InvalidAuthenticationToken", "The access token is invalid.")
         action = f"{PROVIDER}/imageTemplates/{'write' if write else 'read'}"
@@ -165,8 +172,10 @@ def create_app(service: Service) -> FastAPI:
         token = guard(request, sub, write=True)
         rid = template_id(sub, rg, name)
         body = await json_body(request)
-        status, out, op = await run_in_threadpool(service.put, rid, body, request.query_params["api-version"],
-                                                  token.name, base(request))
+        status, out, op = await run_in_threadpool(
+            quota.put, token.name, body, service.resources().get(rid) is None,
+            lambda: service.put(rid, body, request.query_params["api-version"], token.name, base(request)),
+            lambda: service.building(rid))
         headers = async_headers(request, sub, location_of(rid), op.id, "operations") if op else {}
         return JSONResponse(out, status_code=status, headers=headers)
 
@@ -194,9 +203,9 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post(P + "/{name}/run")
     def run(request: Request, sub: str, rg: str, name: str) -> Response:
-        guard(request, sub, write=True)
+        token = guard(request, sub, write=True)
         rid = template_id(sub, rg, name)
-        op = service.run(rid)
+        op = quota.run(token.name, lambda: service.run(rid))
         return Response(status_code=202, headers=async_headers(request, sub, location_of(rid), op.id, "operations"))
 
     @app.post(P + "/{name}/cancel")
@@ -247,6 +256,10 @@ def create_app(service: Service) -> FastAPI:
             return Response(status_code=204)
         return Response(status_code=202, headers={"Location": str(request.url), "Retry-After": "1"})
 
+    from kiln.api import compute, devtestlab, triggers  # Azure's read paths of kiln's catalog; AIB triggers
+
+    for module in (compute, devtestlab, triggers):
+        app.include_router(module.router(service))
     return app
 
 

@@ -80,7 +80,9 @@ class ChildProcessExecutor:
             self.on_done(job, -signal.SIGTERM)
         else:
             _signal_group(pid, signal.SIGTERM)
-            threading.Timer(KILL_AFTER_S, self._kill_if_running, (job,)).start()
+            timer = threading.Timer(KILL_AFTER_S, self._kill_if_running, (job,))
+            timer.daemon = True  # a stopping server must not wait out the grace period of a build that ended
+            timer.start()
         return True
 
     def _kill_if_running(self, job: Job) -> None:

@@ -39,6 +39,7 @@ from kiln.store.runs import FINAL_STATES, Run
 from kiln.store.store import Store
 
 PROVIDER = "Microsoft.VirtualMachineImages"
+READ_ONLY_PROPERTIES = ("provisioningState", "provisioningError", "lastRunStatus", "exactStagingResourceGroup")
 RESTARTED = "the kiln server restarted while this run was in progress; nothing was published; run it again"
 STOPPED = "the kiln server stopped while this run was in progress; nothing was published; run it again"
 
@@ -107,6 +108,8 @@ class Service:
     def put(self, rid: ResourceId, body: dict[str, Any], api_version: str, who: str, base: str) -> tuple[int, dict[str, Any], Operation | None]:
         """Create (201 and an operation) or confirm an identical template (200)."""
         clean = {k: body[k] for k in WRITABLE if k in body}
+        if isinstance(clean.get("properties"), dict):  # read-only: what a GET answered, PUT back, is ignored
+            clean["properties"] = {k: v for k, v in clean["properties"].items() if k not in READ_ONLY_PROPERTIES}
         clean["apiVersion"] = api_version
         self._check(clean, rid)
         res = self.resources()
@@ -254,7 +257,7 @@ class Service:
     def run_outputs(self, rid: ResourceId) -> list[dict[str, Any]]:
         rec = self._existing(rid)
         outs = [o for o in self.store().runs.outputs(rid) if o.created >= rec.created]
-        return [{k: v for k, v in o.to_json().items() if k != "kiln"} for o in outs]
+        return [drop_none({k: v for k, v in o.to_json().items() if k != "kiln"}) for o in outs]
 
     def run_output(self, rid: ResourceId, name: str) -> dict[str, Any]:
         for o in self.run_outputs(rid):
@@ -303,11 +306,12 @@ class Service:
         props = dict(rec.body.get("properties") or {})
         props["provisioningState"] = "Succeeded"
         if (status := self.last_run_status(rec, base)) is not None:
-            props["lastRunStatus"] = status
+            props["lastRunStatus"] = {k: v for k, v in status.items() if v is not None}  # the spec's strings: no nulls
         short = hashlib.sha256(rid.key.encode()).hexdigest()[:8]
         props["exactStagingResourceGroup"] = f"/subscriptions/{rid.subscription}/resourceGroups/IT_{rid.resource_group}_{rid.name}_{short}"
         out: dict[str, Any] = {"id": str(rid), "name": rid.name, "type": ids.IMAGE_TEMPLATE}
         out.update({k: rec.body[k] for k in ("location", "tags", "identity") if k in rec.body})
+        out.setdefault("identity", {"type": "None"})  # the spec requires one; kiln's builds use none
         out["properties"] = props
         out["systemData"] = {"createdBy": rec.created_by, "createdByType": "Application", "createdAt": _iso(rec.created),
                              "lastModifiedBy": rec.updated_by, "lastModifiedByType": "Application",
@@ -336,8 +340,18 @@ def _iso(t: float | None) -> str | None:
     return None if t is None else datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
+def drop_none(value: Any) -> Any:
+    """ARM leaves out what has no value: a null where AIB's spec says string fails a strict reader."""
+    if isinstance(value, dict):
+        return {k: drop_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
 def _comparable(body: dict[str, Any]) -> str:
-    return json.dumps({k: body.get(k) for k in WRITABLE}, sort_keys=True)
+    values = {k: body.get(k) for k in WRITABLE}
+    if values["identity"] in (None, {"type": "None"}):  # what a GET answers for none: PUT back, it is the same
+        values["identity"] = None
+    return json.dumps(values, sort_keys=True)
 
 
 def operation_path(subscription: str, location: str, op_id: str, kind: str = "operations") -> str:

@@ -7,6 +7,7 @@ config.toml allows, and none is allowed by default:
 
     [api]
     local_roots = ["/srv/kiln/scripts"]    # file:// and local paths in API templates, only in here
+    max_queued_runs_per_token = 10         # runs one token may have queued or running (kiln.api.quota)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from kiln.config import Config
 from kiln.errors import InvalidInput, Problem
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024  # ARM's own limit on a request body
+DEFAULT_RUNS_PER_TOKEN = 10
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class ServeSettings:
     max_body: int = DEFAULT_MAX_BODY
     insecure_http: bool = False
     local_roots: tuple[Path, ...] = ()
+    max_runs_per_token: int = DEFAULT_RUNS_PER_TOKEN
 
 
 def is_loopback(host: str) -> bool:
@@ -45,11 +48,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def local_roots(config: Config) -> tuple[Path, ...]:
-    """`[api] local_roots` from config.toml (load_config has checked that the file parses)."""
+def _api_table(config: Config) -> dict[str, Any]:
+    """`[api]` of config.toml (load_config has checked that the file parses)."""
     path = config.home / "config.toml"
     data = tomllib.loads(path.read_text()) if path.is_file() else {}
-    roots = data.get("api", {}).get("local_roots", [])
+    table = data.get("api", {})
+    return table if isinstance(table, dict) else {}
+
+
+def max_runs_per_token(config: Config) -> int:
+    """`[api] max_queued_runs_per_token`: a whole number, 0 or more (0: no API runs at all)."""
+    n = _api_table(config).get("max_queued_runs_per_token", DEFAULT_RUNS_PER_TOKEN)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise InvalidInput(f"[api] max_queued_runs_per_token must be a whole number, 0 or more, not {n!r}",
+                           file=str(config.home / "config.toml"))
+    return n
+
+
+def local_roots(config: Config) -> tuple[Path, ...]:
+    """`[api] local_roots` from config.toml."""
+    path = config.home / "config.toml"
+    roots = _api_table(config).get("local_roots", [])
     if not isinstance(roots, list) or not all(isinstance(r, str) and os.path.isabs(r) for r in roots):
         raise InvalidInput("[api] local_roots must be a list of absolute paths", file=str(path))
     return tuple(Path(os.path.realpath(r)) for r in roots)

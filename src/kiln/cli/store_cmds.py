@@ -102,7 +102,8 @@ def register_image(cli: click.Group) -> None:
             emit(as_json, i.to_json(), lambda: _kv_rows([
                 ("id", i.id), ("location", i.location), ("osType", i.os_type), ("osState", i.os_state),
                 ("hyperVGeneration", i.hyper_v_generation), ("size", _size(i.disk.virtual_size)),
-                ("tags", json.dumps(i.tags)), ("bootTested", i.boot_tested), ("digest", i.digest),
+                ("tags", json.dumps(i.tags)), ("bootTested", i.boot_tested),
+                ("bootGenerations", ", ".join(i.boot_generations) or "unknown"), ("digest", i.digest),
                 ("disk", f"{i.disk.path} ({i.disk.format})")]), whole=KV)
 
     @image.command("delete")

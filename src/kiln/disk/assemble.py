@@ -12,6 +12,11 @@ entries finds it), the kernel and initrd beside a Boot Loader Specification entr
 root. Partitions start and end on MiB boundaries and the whole disk is a whole number of MiB
 (Azure rejects anything else); the file is sparse.
 
+The disk is hybrid too, as Debian's cloud images are, so it also boots as Hyper-V generation 1
+(BIOS): a 1 MiB BIOS boot partition (partition 3, first on the disk) holds GRUB's core.img and the
+protective MBR carries GRUB's boot code (`kiln.disk.bios`). The ESP is partition 1 and the root
+partition 2, last on the disk.
+
 The tree is made bootable first (`kiln.disk.boot.prepare_boot`), which chooses the filesystem ids
 and writes them where the booted system reads them; its `BootConfig` is handed to
 `assemble_disk(root, out, boot)`, which makes the filesystems carry those ids.
@@ -27,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.disk import bios
 from kiln.disk.boot import BootConfig, fat_uuid
 from kiln.errors import BuildFailed, InvalidInput
 from kiln.events import Monitor, NullMonitor
@@ -44,7 +50,8 @@ LINUX_DATA_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 SYSTEMD_BOOT_EFI = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 
 
-_FIRST_PARTITION = 1 * MiB  # room for the protective MBR and the primary GPT, aligned
+_BIOS_BOOT = 1 * MiB  # after the protective MBR and the primary GPT, aligned: the BIOS boot partition
+_FIRST_PARTITION = _BIOS_BOOT + bios.BIOS_BOOT_SIZE  # the ESP's start: the BIOS boot partition is before it
 _TAIL = 1 * MiB  # the backup GPT lives in the last 33 sectors; keep the root partition MiB-aligned
 _MIN_ESP = 128 * MiB  # FAT32 wants >= 65525 clusters; 128 MiB is comfortably above that with 512 B ones
 
@@ -69,10 +76,12 @@ class DiskLayout:
     root: Partition
     kernel_version: str
     cmdline: str
+    bios_boot: Partition  # GRUB's core.img; the MBR's boot code loads it (hyperVGeneration V1)
 
     @property
     def partitions(self) -> tuple[Partition, ...]:
-        return (self.esp, self.root)
+        """In partition-number order (the BIOS boot partition is first on the disk, number 3)."""
+        return (self.esp, self.root, self.bios_boot)
 
 
 # ----------------------------------------------------------------------------------- assemble_disk
@@ -99,15 +108,18 @@ def assemble_disk(
     root_size = total - _FIRST_PARTITION - esp_size - _TAIL
     needed = _root_needs(used)
     if root_size < needed:
+        overhead = _FIRST_PARTITION + esp_size + _TAIL
         raise InvalidInput(
             f"the disk size {total / GiB:.0f} GiB is too small for this image: its root needs "
-            f"{(needed + esp_size + 2 * MiB) / GiB:.1f} GiB",
+            f"{(needed + overhead) / GiB:.1f} GiB",
             path=".properties.vmProfile.osDiskSizeGB",
-            hint=f"set osDiskSizeGB to at least {-(-(needed + esp_size + 2 * MiB) // GiB)}, or leave it out",
+            hint=f"set osDiskSizeGB to at least {-(-(needed + overhead) // GiB)}, or leave it out",
         )
 
+    bios.check_host()
     out.parent.mkdir(parents=True, exist_ok=True)
     disk_guid = str(uuid.uuid4())
+    bios_boot = Partition(3, bios.BIOS_BOOT_TYPE, str(uuid.uuid4()), "BIOS boot", _BIOS_BOOT, bios.BIOS_BOOT_SIZE, "")
     esp = Partition(1, ESP_TYPE, str(uuid.uuid4()), "EFI System", _FIRST_PARTITION, esp_size,
                     fat_uuid(boot.esp_volume_id))
     rootp = Partition(2, ROOT_X86_64_TYPE, str(uuid.uuid4()), "root", esp.offset + esp.size, root_size,
@@ -117,14 +129,17 @@ def assemble_disk(
     try:
         with open(out, "wb") as f:
             f.truncate(total)  # sparse: only what the filesystems write takes space
-        _timed(monitor, "partition table", lambda: _write_gpt(out, disk_guid, esp, rootp))
+        _timed(monitor, "partition table", lambda: _write_gpt(out, disk_guid, (esp, rootp, bios_boot)))
         _timed(monitor, "ESP (vfat, systemd-boot)",
                lambda: _write_esp(out, esp, boot, kernel, initrd, version))
         _timed(monitor, "root (ext4 from the tree)", lambda: _write_root(out, rootp, root, inodes))
+        # Last, so no file system tool can touch the MBR after GRUB's code is in it.
+        _timed(monitor, "BIOS boot (GRUB core.img, MBR boot code)",
+               lambda: _write_bios_boot(out, bios_boot, root, boot, version))
     except BaseException:
         out.unlink(missing_ok=True)
         raise
-    return DiskLayout(out, total, disk_guid, esp, rootp, version, boot.cmdline)
+    return DiskLayout(out, total, disk_guid, esp, rootp, version, boot.cmdline, bios_boot)
 
 
 def find_kernel(root: Path) -> tuple[Path, Path, str]:
@@ -181,14 +196,15 @@ def _timed(monitor: Monitor, what: str, fn: Callable[[], None]) -> None:
     monitor.log(f"assemble: {what} in {time.monotonic() - t0:.1f} s")
 
 
-def _write_gpt(out: Path, disk_guid: str, esp: Partition, rootp: Partition) -> None:
+def _write_gpt(out: Path, disk_guid: str, partitions: tuple[Partition, ...]) -> None:
     # sfdisk (util-linux), not sgdisk: sgdisk ends with a global sync(), which on a busy host
     # waits for everyone's dirty pages (1-2 s measured); sfdisk fsyncs only the image file.
     def line(p: Partition) -> str:
         return (f'start={p.offset // SECTOR}, size={p.size // SECTOR}, type={p.type_guid}, '
                 f'uuid={p.part_guid}, name="{p.label}"')
 
-    script = f"label: gpt\nlabel-id: {disk_guid}\n{line(esp)}\n{line(rootp)}\n"
+    body = "\n".join(line(p) for p in sorted(partitions, key=lambda p: p.number))  # sfdisk numbers them in order
+    script = f"label: gpt\nlabel-id: {disk_guid}\n{body}\n"
     run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "--wipe", "never", out], input=script, capture=True)
 
 
@@ -235,3 +251,8 @@ def _write_root(out: Path, rootp: Partition, root: Path, inodes: int) -> None:
     if inodes * 2 > rootp.size // 16384:
         cmd += ["-N", str(inodes * 2 + 16384)]
     run([*cmd, out, f"{rootp.size // 1024}k"], capture=True)
+
+
+def _write_bios_boot(out: Path, part: Partition, root: Path, boot: BootConfig, version: str) -> None:
+    core = bios.make_core_image(bios.grub_config(root, boot, version), out.parent)
+    bios.install_bios_boot(out, part.offset, part.size, core)

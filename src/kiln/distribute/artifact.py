@@ -14,7 +14,8 @@ class BuiltArtifact:
 
     `disk` is a raw disk (or a fixed VHD) in the state home's work dir; distribution consumes it
     (it is renamed into the blob store). `source_version` is the source image's version (x.y.z),
-    used by SharedImage targets with `versioning: Source`.
+    used by SharedImage targets with `versioning: Source`. `hyper_v_generation` is what a
+    ManagedImage target's image is recorded as (the source's generation).
     """
 
     disk: Path
@@ -26,3 +27,4 @@ class BuiltArtifact:
     description: str = ""
     source_id: str = ""  # the template's source, recorded on the images made from it
     known_digest: KnownDigest | None = None  # hashed ahead (during the boot test): publishing skips it
+    boot_generations: tuple[str, ...] = ()  # what the disk boots (V1 BIOS, V2 UEFI); () = read it from the disk

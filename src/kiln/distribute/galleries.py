@@ -7,6 +7,10 @@ holds the bytes gets none again); then the store's `Galleries.add_version` alloc
 and inserts the row in one transaction. An explicit (or Source) version that already holds this
 blob is returned as is, so a killed publish is finished by running it again; one that holds
 another blob is an error, raised before anything is written.
+
+A version's disk must boot its definition's hyperVGeneration (`kiln.disk.bios.require_generation`,
+from what the disk's bytes say it boots): a V1 (BIOS) definition never receives a UEFI-only disk.
+What the disk boots is recorded on the version.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln import ids
+from kiln.disk import bios
 from kiln.errors import InvalidInput
 from kiln.events import Monitor
 from kiln.ids import ResourceId
@@ -40,10 +45,18 @@ def publish_gallery_version(
     source: str = "",
     boot_tested: bool = False,
     monitor: Monitor | None = None,
+    boot_generations: tuple[str, ...] | None = None,
+    path: str = "",
 ) -> GalleryImageVersion:
     """Replicate `blob` to the target regions (default: the first region), then add it as a new
-    version of the definition. The caller holds a lease on the blob."""
+    version of the definition. The caller holds a lease on the blob. `boot_generations` is what the
+    disk boots (None: read it from the blob); a disk that cannot boot the definition's
+    hyperVGeneration is refused (at `path`) before anything is written."""
     d = store.galleries.get_definition(definition_id)
+    if boot_generations is None:
+        boot_generations = bios.boot_generations(blob.disk.path, blob.disk.format)
+    bios.require_generation(d.hyper_v_generation, boot_generations, what=f"gallery image definition {d.id}",
+                            path=path or ".properties.hyperVGeneration")
     regions = [store.regions.get(t.name, path=".targetRegions") for t in target_regions] or store.regions.list()[:1]
     targets = tuple(RegionTarget(r.name, t.replica_count, t.storage_account_type)
                     for r, t in zip(regions, target_regions or [RegionTarget(regions[0].name)], strict=True))
@@ -55,7 +68,7 @@ def publish_gallery_version(
         store.regions.replicate(blob, r.name, monitor)
     return store.galleries.add_version(d, blob.digest, rule=rule, target_regions=targets,
                                        exclude_from_latest=exclude_from_latest, tags=tags, source=source,
-                                       boot_tested=boot_tested)
+                                       boot_tested=boot_tested, boot_generations=boot_generations)
 
 
 def publish_version_from(store: Store, version_id: str, *, disk: Path | None = None, image_id: str | None = None,
@@ -82,9 +95,17 @@ def publish_version_from(store: Store, version_id: str, *, disk: Path | None = N
 
         info = formats.detect(disk)  # a file that is no disk is refused first
         digest = lambda: content_digest(disk, info)  # noqa: E731 - hashed only if the version exists
+        boots = bios.boot_generations(disk, info.format)
+        file = str(disk)
     else:
         image = store.images.get(image_id)  # type: ignore[arg-type]  # set: exactly one of the two, checked above
         digest = lambda: image.digest  # noqa: E731
+        boots = image.boot_generations or bios.boot_generations(image.disk.path, image.disk.format)  # recorded, else read
+        file = ""
+    # A V1 definition never receives a disk that cannot boot with BIOS: refused before anything is written.
+    bios.require_generation(d.hyper_v_generation, boots, what=f"gallery image definition {d.id}",
+                            path=".properties.hyperVGeneration", file=file,
+                            hint=_generation_hint(d.hyper_v_generation, boots, image_id))
     existing = next((v for v in store.galleries.list_versions(d.id) if v.version == ".".join(map(str, number))), None)
     if existing is not None and digest() != existing.digest:
         raise InvalidInput(f"version {existing.id} already exists with another disk",
@@ -99,6 +120,14 @@ def publish_version_from(store: Store, version_id: str, *, disk: Path | None = N
             blob, source = store.blobs.get(image.digest), str(image.id)
         return publish_gallery_version(store, d.id, blob, rule=VersionRule("Explicit", rid.name),
                                        target_regions=targets, exclude_from_latest=exclude_from_latest,
-                                       source=source, monitor=monitor)
+                                       source=source, monitor=monitor, boot_generations=boots)
     finally:
         store.blobs.release_holder(holder)
+
+
+def _generation_hint(generation: str, boots: tuple[str, ...], image_id: str | None) -> str:
+    what = f"image {image_id}" if image_id else "this disk"
+    if generation == "V1":
+        return (f"{what} boots {' and '.join(boots) or 'neither with BIOS nor with UEFI'}; publish it to a "
+                "V2 definition, or publish a hybrid disk (a BIOS boot partition and MBR boot code, as kiln builds)")
+    return f"{what} boots {' and '.join(boots) or 'nothing kiln recognises'}; publish it to a V1 definition"

@@ -3,16 +3,27 @@
 Each target function takes the already-stored blob and returns the target's run output; errors
 that are the user's (a missing gallery definition, an unknown region, a malformed id) are raised
 as KilnError with the target's JSON path, and `distribute()` turns them into a Failed run output.
+
+Hyper-V generations: an AIB template has no hyperVGeneration of its own. A SharedImage target
+takes its gallery image definition's; a ManagedImage target the source's, as AIB does (a
+ManagedImage source's, a SharedImageVersion source's definition's, a PlatformImage SKU ending in
+`gen1` is V1), V2 by default. `plan_generations` says which generations a build's targets will
+receive, so the boot test boots with SeaBIOS when one of them is V1. Every target checks that the
+disk, as read from its bytes (`kiln.disk.bios.boot_generations`), boots the generation it is
+published as; the generations are recorded on the image or version.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from kiln import ids
+from kiln.disk import bios
 from kiln.distribute.artifact import BuiltArtifact
 from kiln.distribute.galleries import publish_gallery_version
 from kiln.errors import InvalidInput, KilnError
@@ -23,7 +34,17 @@ from kiln.store.blobs import Blob
 from kiln.store.files import no_space, place
 from kiln.store.galleries import RegionTarget, VersionRule, parse_version
 from kiln.store.runs import RunOutput
-from kiln.template.model import DistributeTarget, ManagedImageTarget, SharedImageTarget, VhdTarget
+from kiln.template.model import (
+    DistributeTarget,
+    ImageTemplate,
+    ManagedImageSource,
+    ManagedImageTarget,
+    PlatformImageSource,
+    SharedImageTarget,
+    SharedImageVersionSource,
+    Source,
+    VhdTarget,
+)
 
 Target = Callable[[Store, DistributeTarget, Blob, BuiltArtifact, ResourceId, str, Monitor, str], RunOutput]
 
@@ -32,10 +53,12 @@ def distribute_managed_image(store: Store, target: ManagedImageTarget, blob: Blo
                              template_id: ResourceId, run_id: str, monitor: Monitor, path: str = "") -> RunOutput:
     image_id = ids.parse(target.image_id, ids.IMAGE, what="imageId", path=f"{path}.imageId")
     store.regions.get(target.location, path=f"{path}.location")
+    bios.require_generation(artifact.hyper_v_generation, artifact.boot_generations, what=f"image {image_id}",
+                            path=f"{path}.imageId")
     image = store.images.publish_blob(
         blob, image_id, target.location, os_type=artifact.os_type, os_state=artifact.os_state,
         hyper_v_generation=artifact.hyper_v_generation, tags=dict(target.artifact_tags), source=artifact.source_id,
-        boot_tested=artifact.boot_tested, replace=True, monitor=monitor)
+        boot_tested=artifact.boot_tested, replace=True, monitor=monitor, boot_generations=artifact.boot_generations)
     replica = store.regions.get_replica(image.location, blob.digest)
     return RunOutput(target.run_output_name, template_id, "ManagedImage", "Succeeded", artifact_id=str(image.id),
                      artifact_uri=replica.uri if replica else "")
@@ -60,10 +83,10 @@ def distribute_shared_image(store: Store, target: SharedImageTarget, blob: Blob,
     if definition.os_type != artifact.os_type:
         raise InvalidInput(f"gallery image definition {definition.id} is for {definition.os_type}, the image is {artifact.os_type}",
                            path=gpath, hint="distribute to a definition with the same osType")
-    if definition.hyper_v_generation != artifact.hyper_v_generation:
-        raise InvalidInput(f"gallery image definition {definition.id} is hyperVGeneration {definition.hyper_v_generation},"
-                           f" the image is {artifact.hyper_v_generation}", path=gpath,
-                           hint="distribute to a definition with the same hyperVGeneration")
+    bios.require_generation(definition.hyper_v_generation, artifact.boot_generations,
+                            what=f"gallery image definition {definition.id}", path=gpath,
+                            hint=f"distribute to a definition whose hyperVGeneration the disk boots "
+                                 f"({', '.join(artifact.boot_generations) or 'none found'})")
     regions = []
     for i, t in enumerate(target.target_regions):
         store.regions.get(t.name, path=f"{path}.targetRegions[{i}].name")
@@ -73,7 +96,7 @@ def distribute_shared_image(store: Store, target: SharedImageTarget, blob: Blob,
     version = publish_gallery_version(
         store, definition.id, blob, rule=_version_rule(target, artifact, path), target_regions=regions,
         exclude_from_latest=target.exclude_from_latest, tags=dict(target.artifact_tags), source=artifact.source_id,
-        boot_tested=artifact.boot_tested, monitor=monitor)
+        boot_tested=artifact.boot_tested, monitor=monitor, boot_generations=artifact.boot_generations, path=gpath)
     return RunOutput(target.run_output_name, template_id, "SharedImage", "Succeeded", artifact_id=str(version.id))
 
 
@@ -104,6 +127,52 @@ def distribute_vhd(store: Store, target: VhdTarget, blob: Blob, artifact: BuiltA
     return RunOutput(target.run_output_name, template_id, "VHD", "Succeeded", artifact_uri=dst.as_uri())
 
 
+# ---------------------------------------------------------------------------------- generations
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """The Hyper-V generations a build's targets will receive."""
+
+    image: str  # what a ManagedImage target's image is: the source's generation
+    targets: frozenset[str]  # every generation some target receives (V2 when none says)
+
+    @property
+    def firmware(self) -> str:
+        """What the boot test boots with: SeaBIOS if any target is V1 (kiln's disks are hybrid,
+        and the BIOS path is the one only V1 targets use), else UEFI."""
+        return "bios" if "V1" in self.targets else "uefi"
+
+
+def source_generation(store: Store, source: Source) -> str:
+    """The hyperVGeneration a template's source has, as AIB reads it; V2 when nothing says."""
+    try:
+        if isinstance(source, ManagedImageSource):
+            return store.images.get(source.image_id).hyper_v_generation
+        if isinstance(source, SharedImageVersionSource):
+            version = store.galleries.resolve_version(source.image_version_id)
+            return store.galleries.get_definition(version.definition_id).hyper_v_generation
+    except KilnError:
+        return "V2"  # resolving the source reports it properly
+    if isinstance(source, PlatformImageSource) and source.sku.lower().endswith("gen1"):
+        return "V1"  # Azure's "...-gen1" SKUs (ubuntu-24_04-lts server-gen1); "-gen2" and the rest: V2
+    return "V2"
+
+
+def plan_generations(store: Store, template: ImageTemplate) -> GenerationPlan:
+    image = source_generation(store, template.source)
+    wanted: set[str] = set()
+    for target in template.distribute:
+        if isinstance(target, ManagedImageTarget):
+            wanted.add(image)
+        elif isinstance(target, SharedImageTarget):
+            try:
+                wanted.add(store.galleries.get_definition(target.gallery_image_id).hyper_v_generation)
+            except KilnError:
+                pass  # a missing definition fails that target, with its own error
+    return GenerationPlan(image, frozenset(wanted or {"V2"}))
+
+
 _TARGETS: dict[type, Callable[..., RunOutput]] = {
     ManagedImageTarget: distribute_managed_image,
     SharedImageTarget: distribute_shared_image,
@@ -127,6 +196,9 @@ def distribute(store: Store, targets: Sequence[DistributeTarget], artifact: Buil
             failure = ""
         except KilnError as e:
             blob, failure = None, f"the disk could not be stored: {e.render()}"
+        if blob is not None and not artifact.boot_generations:  # what the stored bytes boot, not what was meant
+            artifact = dataclasses.replace(artifact, boot_generations=bios.boot_generations(blob.disk.path,
+                                                                                            blob.disk.format))
         for i, target in enumerate(targets):
             name = target.run_output_name
             monitor.step(f"distribute {name}", f"{target.type}")

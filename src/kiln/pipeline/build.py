@@ -213,7 +213,7 @@ def assemble_disk(ctx: BuildContext, space: Workspace, tree: SourceTree) -> Disk
     from kiln.disk.boot import prepare_boot
 
     size_gb = ctx.template.vm_profile.os_disk_size_gb
-    ctx.monitor.step("assemble", f"GPT/UEFI disk, {f'{size_gb} GiB' if size_gb else 'content + headroom'}")
+    ctx.monitor.step("assemble", f"hybrid GPT disk (UEFI and BIOS), {f'{size_gb} GiB' if size_gb else 'content + headroom'}")
     boot = prepare_boot(tree.root)
     space.disk = ctx.work / "disk.raw"
     layout = assemble(tree.root, space.disk, boot, size_bytes=size_gb * 1024**3 if size_gb else None,
@@ -229,13 +229,16 @@ def assemble_disk(ctx: BuildContext, space: Workspace, tree: SourceTree) -> Disk
 def validate(ctx: BuildContext, disk: Disk) -> Validation:
     """Boot the disk in QEMU; run inVMValidations in the guest. Failure stops distribution unless
     `continueDistributeOnFailure`; the run is Failed either way, as in AIB."""
+    from kiln.distribute.targets import plan_generations
     from kiln.validate.boottest import boot_test
 
     if not ctx.options.validate:
         ctx.monitor.log("boot test skipped (--no-validate): the published image is marked unverified", name="validate")
         return Validation(ran=False)
     scripts = guest_scripts(ctx)
-    ctx.monitor.step("validate", f"boot in QEMU, {len(scripts)} in-VM validation(s)")
+    firmware = plan_generations(ctx.store, ctx.template).firmware  # SeaBIOS when a target is hyperVGeneration V1
+    ctx.monitor.step("validate", f"boot in QEMU ({'SeaBIOS' if firmware == 'bios' else 'UEFI'}), "
+                                 f"{len(scripts)} in-VM validation(s)")
     # The guest boots from an overlay, so the disk cannot change: hash it for the store meanwhile,
     # and publishing later costs a rename and a footer. (QEMU stays on this thread: it is tied to it.)
     known_digest = None
@@ -249,6 +252,7 @@ def validate(ctx: BuildContext, disk: Disk) -> Validation:
             monitor=ctx.monitor,
             serial_log=ctx.serial_log,
             work_dir=ctx.work,
+            firmware=firmware,
         )
         try:
             known_digest = hashing.result()
@@ -272,13 +276,14 @@ def validate(ctx: BuildContext, disk: Disk) -> Validation:
 def distribute(ctx: BuildContext, tree: SourceTree, disk: Disk, checked: Validation) -> list[RunOutput]:
     from kiln.distribute import BuiltArtifact
     from kiln.distribute import distribute as publish
+    from kiln.distribute.targets import plan_generations
 
     ctx.monitor.step("distribute", f"{len(ctx.template.distribute)} target(s)")
     artifact = BuiltArtifact(
         disk=disk.path,
         os_type=tree.os_type,
         os_state="Generalized" if ctx.options.generalize else "Specialized",
-        hyper_v_generation="V2",
+        hyper_v_generation=plan_generations(ctx.store, ctx.template).image,  # the source's, as in AIB
         source_version=tree.exact_version,
         boot_tested=checked.passed,
         description=f"built by kiln from template {ctx.template.name}",

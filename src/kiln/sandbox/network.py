@@ -52,3 +52,32 @@ def prohibited_routes() -> list[str]:
     routes = json.loads(run(["ip", "-j", "-4", "route", "show", "default"], capture=True).stdout or "[]")
     found += [f"{r['gateway']}/32" for r in routes if r.get("gateway")]
     return sorted(set(found)) + list(ALWAYS_PROHIBITED)
+
+
+# A VM's QEMU in a network namespace of its own (kiln.sandbox.vm): QEMU's user-mode network
+# (slirp) maps the guest's gateway 10.0.2.2 onto the loopback of the namespace QEMU runs in, so
+# in the host's namespace a guest could reach every service on the host's 127.0.0.1. In a pasta
+# namespace with the host's addresses prohibited, 10.0.2.2 is the namespace's own empty loopback
+# and the guest reaches only the outside world. The one way in is the forwarded SSH port: pasta
+# listens on the host's 127.0.0.1:PORT and carries it to the namespace's 127.0.0.1:PORT, where
+# QEMU's hostfwd listens.
+_VM_INNER = r"""
+set -eu
+ROUTES=$1
+shift
+for f in /proc/sys/net/ipv6/conf/all/disable_ipv6 /proc/sys/net/ipv6/conf/default/disable_ipv6; do
+  if [ -e "$f" ]; then echo 1 > "$f"; fi
+done
+for r in $ROUTES; do ip route add prohibit "$r"; done
+exec "$@"
+"""
+
+
+def own_network(argv: list[str], *, forward_port: int | None = None) -> list[str]:
+    """`argv` (a confined QEMU) run in a new pasta network namespace that cannot reach the host,
+    with 127.0.0.1:`forward_port` on the host carried to the same port inside."""
+    options = list(PASTA_OPTIONS)
+    if forward_port:
+        at = options.index("-t")
+        options[at + 1] = f"127.0.0.1/{forward_port}"
+    return ["pasta", *options, "--", "/bin/sh", "-c", _VM_INNER, "kiln-vm-net", " ".join(prohibited_routes()), *argv]

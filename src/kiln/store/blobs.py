@@ -13,6 +13,11 @@ that exists is a complete blob, and a crash leaves at worst a temporary file tha
 
 A *lease* says "a live process is using this digest": gc never deletes a leased blob. A lease
 records the holder's pid and its start time, so the lease of a killed process simply expires.
+
+With a shared blob store (`[cluster] blobs`, see `kiln.store.shared`) this store is the host's
+working copy and cache of it: publishing uploads the verified bytes under the digest's key and
+only then inserts the catalog row; `get` of a blob this host does not have yet fetches it into the
+cache, and verifies its digest before anyone uses it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from kiln.events import Monitor, NullMonitor
 from kiln.store import files
 from kiln.store.db import Catalog, now
 from kiln.store.digest import disk_digest
+from kiln.store.shared import SharedBlobError, SharedBlobs
 
 
 @dataclass(frozen=True)
@@ -101,21 +107,84 @@ def pid_alive(pid: int, start: str) -> bool:
 
 
 class BlobStore:
-    def __init__(self, root: Path, catalog: Catalog, work_dir: Path) -> None:
+    def __init__(self, root: Path, catalog: Catalog, work_dir: Path, shared: SharedBlobs | None = None) -> None:
         self.root = root
         self.tmp_dir = root / "tmp"
         self.catalog = catalog
         self.work_dir = work_dir
+        self.shared = shared
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, digest: str) -> Path:
         return self.root / digest[:2] / f"{digest}.vhd"
 
-    def get(self, digest: str) -> Blob:
+    def get(self, digest: str, *, fetch: bool = True) -> Blob:
+        """The blob `digest` names, its file on this host (fetched from the shared store first if
+        this host has none; `fetch=False` for callers that only want its metadata)."""
         row = self.catalog.one("SELECT * FROM blobs WHERE digest = ?", (digest,))
         if row is None:
             raise KilnError(f"blob {digest} is not in the catalog", hint="run kiln store check")
-        return Blob(digest, self.path_for(digest), row["virtual_size"], row["size"])
+        blob = Blob(digest, self.path_for(digest), row["virtual_size"], row["size"])
+        if fetch and self.shared is not None and not blob.path.exists():
+            self.fetch_shared(digest, blob.virtual_size)
+        return blob
+
+    # ------------------------------------------------------------------ the shared store
+
+    def fetch_shared(self, digest: str, virtual_size: int) -> Path:
+        """Copy the shared store's object `digest` into this host's cache, verified first: a damaged
+        object raises BlobCorrupt and never gets a name in the cache."""
+        assert self.shared is not None
+        final = self.path_for(digest)
+        tmp = files.tmp_name(self.tmp_dir, "fetch")
+        try:
+            self.shared.fetch(digest, tmp)
+            try:
+                self.verify_file(tmp, digest, virtual_size)
+            except BlobCorrupt as e:
+                why = e.message.split(": ", 1)[-1]
+                raise BlobCorrupt(f"the shared store's copy of blob {digest} ({self.shared.url}) is damaged: {why}; "
+                                  "it was not used",
+                                  hint="delete that object from the shared store: the next publish of this disk "
+                                       "from a host whose cache holds it uploads it again") from None
+            os.chmod(tmp, 0o444)
+            final.parent.mkdir(exist_ok=True)
+            if not final.exists():  # another process of this host may have fetched it meanwhile
+                os.replace(tmp, final)
+                files.fsync_dir(final.parent)
+            return final
+        except OSError as e:
+            if (err := files.no_space(e, self.root)) is not None:
+                raise err from e
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _share(self, digest: str, path: Path, monitor: Monitor) -> None:
+        """Make sure the shared store holds `digest` (the verified local file `path`), before any row names it."""
+        assert self.shared is not None
+        if self.shared.exists(digest):
+            return
+        monitor.step("upload", f"{path.stat().st_size >> 20} MiB to {self.shared.url}")
+        self.shared.put(digest, path)
+        monitor.result("upload")
+
+    def sweep_shared(self, keep: set[str], monitor: Monitor) -> list[str]:
+        """gc: delete the shared objects whose digest is not in `keep` (the digests that have a catalog
+        row or a live lease; the caller holds the catalog's write lock, so no publisher can start
+        referencing one meanwhile), and what killed uploads left. Returns the deleted digests."""
+        if self.shared is None:
+            return []
+        removed = []
+        try:
+            for digest in self.shared.digests():
+                if digest not in keep:
+                    self.shared.delete(digest)
+                    removed.append(digest)
+            self.shared.sweep_partial()
+        except SharedBlobError as e:  # the catalog is already right: the leftovers wait for a gc that reaches it
+            monitor.log(f"gc: {e.message} (unreferenced shared blobs stay until the next gc)")
+        return removed
 
     # ------------------------------------------------------------------ leases
 
@@ -228,6 +297,8 @@ class BlobStore:
             os.chmod(work, 0o444)  # blobs are shared by hardlinks: nobody may write them
             os.replace(work, final)
             files.fsync_dir(final.parent)
+        if self.shared is not None:  # the row below may only exist once the shared store has the bytes
+            self._share(digest, final, monitor)
         with self.catalog.write() as db:
             db.execute(
                 "INSERT OR IGNORE INTO blobs (digest, virtual_size, size, created) VALUES (?, ?, ?, ?)",

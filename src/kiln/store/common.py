@@ -28,3 +28,12 @@ def new_holder(kind: str) -> str:
 
 def dumps(value: object) -> str:
     return json.dumps(value, sort_keys=True)
+
+
+def join_generations(generations: tuple[str, ...]) -> str:
+    """The boot_generations column: "V1,V2", "V2", or "" (not known: a row from before it existed)."""
+    return ",".join(g for g in HYPER_V_GENERATIONS if g in generations)
+
+
+def split_generations(column: str) -> tuple[str, ...]:
+    return tuple(g for g in (column or "").split(",") if g)

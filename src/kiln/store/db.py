@@ -176,7 +176,32 @@ MIGRATIONS: list[tuple[str, ...]] = [
             ended REAL)""",
         "CREATE INDEX api_operations_by_template ON api_operations (template_key, created)",
     ),
-    # 4: virtual machines made from stored images (kiln.store.vms): each one's disk is an overlay
+    # 4: AIB triggers of API image templates (kiln.store.triggers): what each last saw of its
+    # template's source, its status, and a run it asked for that no server has started yet.
+    (
+        """CREATE TABLE api_triggers (
+            key TEXT PRIMARY KEY,
+            id TEXT NOT NULL,
+            template_key TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created REAL NOT NULL,
+            seen TEXT NOT NULL DEFAULT '',
+            status_code TEXT NOT NULL,
+            status_message TEXT NOT NULL DEFAULT '',
+            status_time REAL NOT NULL,
+            pending TEXT NOT NULL DEFAULT '',
+            last_operation TEXT NOT NULL DEFAULT '',
+            last_reason TEXT NOT NULL DEFAULT '')""",
+        "CREATE INDEX api_triggers_by_template ON api_triggers (template_key)",
+    ),
+    # 5: which Hyper-V generations an image's or version's disk boots, read from the disk when it
+    # was published ("V1,V2" for kiln's hybrid disks; '' for rows made before this: unknown).
+    (
+        "ALTER TABLE images ADD COLUMN boot_generations TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE gallery_image_versions ADD COLUMN boot_generations TEXT NOT NULL DEFAULT ''",
+    ),
+    # 6: virtual machines made from stored images (kiln.store.vms): each one's disk is an overlay
     # on its image's blob, so the blob stays while the VM does (kiln.store.maintenance keeps it).
     (
         """CREATE TABLE vms (

@@ -25,7 +25,15 @@ from kiln import ids
 from kiln.errors import InvalidInput, NotFound
 from kiln.ids import ResourceId
 from kiln.store.blobs import BlobStore, DiskRef
-from kiln.store.common import HYPER_V_GENERATIONS, OS_STATES, OS_TYPES, choice, dumps
+from kiln.store.common import (
+    HYPER_V_GENERATIONS,
+    OS_STATES,
+    OS_TYPES,
+    choice,
+    dumps,
+    join_generations,
+    split_generations,
+)
 from kiln.store.db import Catalog, now
 from kiln.store.regions import Regions
 
@@ -104,6 +112,7 @@ class GalleryImageVersion:
     source: str = ""
     boot_tested: bool = False
     created: float = 0.0
+    boot_generations: tuple[str, ...] = ()  # what its disk boots, read from it: V1 (BIOS), V2 (UEFI); () unknown
 
     @property
     def definition_id(self) -> ResourceId:
@@ -124,7 +133,8 @@ class GalleryImageVersion:
                         {"region": t.name, "state": "Completed", "progress": 100} for t in self.target_regions]},
                     "provisioningState": "Succeeded"},
                 "kiln": {"digest": self.digest, "path": str(self.disk.path), "format": self.disk.format,
-                         "virtualSize": self.disk.virtual_size, "bootTested": self.boot_tested}}
+                         "virtualSize": self.disk.virtual_size, "bootTested": self.boot_tested,
+                         "bootGenerations": list(self.boot_generations)}}
 
 
 class Galleries:
@@ -231,7 +241,8 @@ class Galleries:
             id=ids.parse(r["id"]), version=f"{r['major']}.{r['minor']}.{r['patch']}", digest=r["digest"], disk=blob.disk,
             exclude_from_latest=bool(r["exclude_from_latest"]),
             target_regions=tuple(RegionTarget(**t) for t in json.loads(r["target_regions"])),
-            tags=json.loads(r["tags"]), source=r["source"], boot_tested=bool(r["boot_tested"]), created=r["created"])
+            tags=json.loads(r["tags"]), source=r["source"], boot_tested=bool(r["boot_tested"]), created=r["created"],
+            boot_generations=split_generations(r["boot_generations"]))
 
     def list_versions(self, definition_id: str | ResourceId | None = None) -> builtins.list[GalleryImageVersion]:
         order = "ORDER BY image_key, major, minor, patch"
@@ -281,9 +292,10 @@ class Galleries:
     def add_version(self, definition: GalleryImageDefinition, digest: str, *, rule: VersionRule,
                     target_regions: Sequence[RegionTarget], exclude_from_latest: bool = False,
                     tags: dict[str, str] | None = None, source: str = "",
-                    boot_tested: bool = False) -> GalleryImageVersion:
+                    boot_tested: bool = False, boot_generations: tuple[str, ...] = ()) -> GalleryImageVersion:
         """Insert a version of `definition` whose blob every target region already holds, its
-        number chosen by `rule` under the write lock (one transaction)."""
+        number chosen by `rule` under the write lock (one transaction). `boot_generations` is what
+        the disk boots; the caller has checked it against the definition's hyperVGeneration."""
         d = definition
         fixed = parse_version(rule.version) if rule.scheme in ("Explicit", "Source") else None
         with self.catalog.write() as db:
@@ -300,9 +312,11 @@ class Galleries:
             vid = d.id.child("versions", ".".join(map(str, fixed)))
             db.execute(
                 "INSERT INTO gallery_image_versions (key, id, image_key, major, minor, patch, digest, exclude_from_latest,"
-                " target_regions, tags, source, boot_tested, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " target_regions, tags, source, boot_tested, created, boot_generations)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (vid.key, str(vid), d.id.key, *fixed, digest, int(exclude_from_latest),
-                 json.dumps([t.__dict__ for t in target_regions]), dumps(tags or {}), source, int(boot_tested), now()),
+                 json.dumps([t.__dict__ for t in target_regions]), dumps(tags or {}), source, int(boot_tested), now(),
+                 join_generations(boot_generations)),
             )
         return self.get_version(vid)
 

@@ -15,12 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from kiln import ids
-from kiln.disk import formats
+from kiln.disk import bios, formats
 from kiln.errors import InvalidInput, NotFound
 from kiln.events import Monitor, NullMonitor
 from kiln.ids import ResourceId
 from kiln.store.blobs import Blob, BlobStore, DiskRef, content_digest
-from kiln.store.common import HYPER_V_GENERATIONS, OS_STATES, OS_TYPES, choice, dumps, new_holder
+from kiln.store.common import (
+    HYPER_V_GENERATIONS,
+    OS_STATES,
+    OS_TYPES,
+    choice,
+    dumps,
+    join_generations,
+    new_holder,
+    split_generations,
+)
 from kiln.store.db import Catalog, now
 from kiln.store.regions import Regions
 
@@ -38,6 +47,7 @@ class ManagedImage:
     source: str = ""
     boot_tested: bool = False
     created: float = 0.0
+    boot_generations: tuple[str, ...] = ()  # what its disk boots, read from it: V1 (BIOS), V2 (UEFI); () unknown
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,7 +70,8 @@ class ManagedImage:
                 "provisioningState": "Succeeded",
             },
             "kiln": {"digest": self.digest, "virtualSize": self.disk.virtual_size, "format": self.disk.format,
-                     "path": str(self.disk.path), "bootTested": self.boot_tested, "created": self.created},
+                     "path": str(self.disk.path), "bootTested": self.boot_tested, "created": self.created,
+                     "bootGenerations": list(self.boot_generations)},
         }
 
 
@@ -70,12 +81,13 @@ class Images:
         self.blobs = blobs
         self.regions = regions
 
-    def _row(self, r: sqlite3.Row) -> ManagedImage:
-        blob = self.blobs.get(r["digest"])
+    def _row(self, r: sqlite3.Row, *, fetch: bool = True) -> ManagedImage:
+        blob = self.blobs.get(r["digest"], fetch=fetch)
         return ManagedImage(
             id=ids.parse(r["id"], ids.IMAGE), location=r["location"], os_type=r["os_type"], os_state=r["os_state"],
             hyper_v_generation=r["hyper_v_generation"], digest=r["digest"], disk=blob.disk, tags=json.loads(r["tags"]),
             source=r["source"], boot_tested=bool(r["boot_tested"]), created=r["created"],
+            boot_generations=split_generations(r["boot_generations"]),
         )
 
     def find(self, image_id: str | ResourceId) -> ManagedImage | None:
@@ -90,7 +102,8 @@ class Images:
         return image
 
     def list(self) -> list[ManagedImage]:
-        return [self._row(r) for r in self.catalog.query("SELECT * FROM images ORDER BY key")]
+        # A list needs no disk: with shared blobs, it fetches none.
+        return [self._row(r, fetch=False) for r in self.catalog.query("SELECT * FROM images ORDER BY key")]
 
     def delete(self, image_id: str | ResourceId) -> ManagedImage:
         image = self.get(image_id)
@@ -132,6 +145,9 @@ class Images:
         os_state = choice(os_state, OS_STATES, "os state")
         hyper_v_generation = choice(hyper_v_generation, HYPER_V_GENERATIONS, "Hyper-V generation")
         info = formats.detect(path)
+        boots = bios.boot_generations(path, info.format)  # a V1 image must boot with BIOS: refused before any write
+        bios.require_generation(hyper_v_generation, boots, what=f"image {rid}", path=".properties.hyperVGeneration",
+                                file=str(path))
         existing = self.find(rid)
         if existing is not None and not replace:
             if content_digest(path, info) == existing.digest:
@@ -144,7 +160,8 @@ class Images:
             blob = self.blobs.ingest(path, holder=holder, move=move, monitor=monitor)
             return self.publish_blob(blob, rid, region.name, os_type=os_type, os_state=os_state,
                                      hyper_v_generation=hyper_v_generation, tags=tags, source=source,
-                                     boot_tested=boot_tested, replace=replace, monitor=monitor)
+                                     boot_tested=boot_tested, replace=replace, monitor=monitor,
+                                     boot_generations=boots)
         finally:
             self.blobs.release_holder(holder)
 
@@ -162,8 +179,10 @@ class Images:
         boot_tested: bool = False,
         replace: bool = True,
         monitor: Monitor | None = None,
+        boot_generations: tuple[str, ...] = (),
     ) -> ManagedImage:
-        """Make `image_id` name the stored `blob` (replicated to `location` first). The caller holds a lease."""
+        """Make `image_id` name the stored `blob` (replicated to `location` first). The caller holds a lease.
+        `boot_generations` is what the disk boots (`kiln.disk.bios.boot_generations`); the caller checks it."""
         region = self.regions.get(location)
         self.regions.replicate(blob, region.name, monitor)
         with self.catalog.write() as db:
@@ -174,9 +193,9 @@ class Images:
             db.execute("DELETE FROM images WHERE key = ?", (image_id.key,))
             db.execute(
                 "INSERT INTO images (key, id, location, os_type, os_state, hyper_v_generation, digest, tags, source,"
-                " boot_tested, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " boot_tested, created, boot_generations) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (image_id.key, str(image_id), region.name, os_type, os_state, hyper_v_generation, blob.digest,
-                 dumps(tags or {}), source, int(boot_tested), now()),
+                 dumps(tags or {}), source, int(boot_tested), now(), join_generations(boot_generations)),
             )
         return self.get(image_id)
 

@@ -44,12 +44,13 @@ class GcReport:
     replicas: list[str] = field(default_factory=list)
     temp_files: list[str] = field(default_factory=list)
     work_dirs: list[str] = field(default_factory=list)
+    shared: list[str] = field(default_factory=list)  # digests deleted from the shared blob store
     leases: int = 0
     bytes_freed: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"blobs": self.blobs, "replicas": self.replicas, "tempFiles": self.temp_files,
-                "workDirs": self.work_dirs, "expiredLeases": self.leases, "bytesFreed": self.bytes_freed}
+                "workDirs": self.work_dirs, "sharedBlobs": self.shared, "expiredLeases": self.leases, "bytesFreed": self.bytes_freed}
 
 
 def _referenced(store: Store) -> tuple[set[str], set[tuple[str, str]]]:
@@ -170,6 +171,7 @@ def _delete_unreferenced_bytes(store: Store, report: GcReport, monitor: Monitor)
                 p.unlink(missing_ok=True)
                 if digest not in report.blobs:
                     report.blobs.append(digest)
+        report.shared = store.blobs.sweep_shared(blob_rows | live, monitor)
         for region in store.config.regions:
             key = region.name.lower()
             if region.kind == "folder":
@@ -253,6 +255,14 @@ def _reclaim_work_dirs(store: Store, report: GcReport) -> None:
             os.close(fd)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """False also when `b` is not there (a shared store's blob this host has not fetched)."""
+    try:
+        return a.samefile(b)
+    except FileNotFoundError:
+        return False
+
+
 def check(store: Store, *, verify_data: bool = True) -> list[str]:
     problems: list[str] = []
     db = store.catalog
@@ -261,10 +271,15 @@ def check(store: Store, *, verify_data: bool = True) -> list[str]:
     for digest in sorted(digests):
         if digest not in blob_rows:
             problems.append(f"a catalog row references blob {digest} which has no blobs row")
+    shared_url = store.blobs.shared.url if store.blobs.shared is not None else ""
+    shared = set(store.blobs.shared.digests()) if store.blobs.shared is not None else None
     for digest, r in sorted(blob_rows.items()):
+        if shared is not None and digest not in shared:
+            problems.append(f"blob {digest}: missing from the shared store {shared_url}")
         path = store.blobs.path_for(digest)
         if not path.exists():
-            problems.append(f"blob {digest}: file {path} is missing")
+            if shared is None:  # with a shared store, this host's cache fetches blobs when they are used
+                problems.append(f"blob {digest}: file {path} is missing")
             continue
         if verify_data:
             try:
@@ -296,7 +311,7 @@ def check(store: Store, *, verify_data: bool = True) -> list[str]:
             p = store.regions.replica_path(region, digest)
             if not p.exists():
                 problems.append(f"region {region.name}: replica file {p} is missing")
-            elif verify_data and digest in blob_rows and not p.samefile(store.blobs.path_for(digest)):
+            elif verify_data and digest in blob_rows and not _same_file(p, store.blobs.path_for(digest)):
                 try:
                     store.blobs.verify_file(p, digest, blob_rows[digest]["virtual_size"])
                 except BlobCorrupt as e:

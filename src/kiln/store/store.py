@@ -24,6 +24,7 @@ from kiln.store.labs import Labs
 from kiln.store.maintenance import GcReport, check, gc
 from kiln.store.regions import Regions
 from kiln.store.runs import Runs
+from kiln.store.shared import open_shared
 from kiln.store.vms import Vms
 
 
@@ -31,7 +32,7 @@ class Store:
     def __init__(self, config: Config, catalog: Catalog) -> None:
         self.config = config
         self.catalog = catalog
-        self.blobs = BlobStore(config.blobs_dir, catalog, config.work_dir)
+        self.blobs = BlobStore(config.blobs_dir, catalog, config.work_dir, shared=open_shared(config.cluster.blobs))
         self.regions = Regions(config, catalog, self.blobs)
         self.images = Images(catalog, self.blobs, self.regions)
         self.galleries = Galleries(catalog, self.blobs, self.regions)

@@ -181,6 +181,7 @@ def boot_test(
     memory_mib: int = 1536,
     work_dir: Path | None = None,
     persist: bool = False,
+    firmware: str = "uefi",  # "bios": SeaBIOS, for hyperVGeneration V1
 ) -> BootReport:
     """Boot `disk` (fmt raw|vpc) until the guest reports readiness within `timeout_s`, run `scripts`.
 
@@ -198,7 +199,7 @@ def boot_test(
     exit_code: int | None = None
     with VirtualMachine(
         disk, fmt, serial_log=serial_log, memory_mib=memory_mib, overlay=not persist, work_dir=work_dir,
-        data_disks=[DataDisk(CHECK_DISK_SERIAL, _check_disk(nonce, scripts))], monitor=monitor,
+        data_disks=[DataDisk(CHECK_DISK_SERIAL, _check_disk(nonce, scripts))], monitor=monitor, firmware=firmware,
         cpus=boot_test_cpus(),
     ) as vm:
         accel = vm.accel

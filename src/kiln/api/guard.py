@@ -1,0 +1,67 @@
+"""The checks every read path outside imageTemplates makes, as ARM makes them (kiln.api.compute,
+kiln.api.devtestlab, kiln.api.triggers).
+
+The same bearer tokens as the imageTemplates routes (kiln.store.tokens: scoped to subscriptions,
+read-only ones only GET), the same ARM-shaped 401/403, then the request's `api-version`, which each
+resource provider checks against the versions it has: kiln answers every version up to the newest
+that the Azure SDK it is tested with sends (the shapes of these read paths have not changed in a way
+a reader notices), and refuses a malformed or later one with ARM's `InvalidApiVersionParameter`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import Request
+
+from kiln.api import identity
+from kiln.api.errors import ArmError
+from kiln.api.service import Service
+from kiln.store.tokens import Token, Tokens
+
+_API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview|-beta|-privatepreview)?$")
+
+
+def authorize(service: Service, request: Request, sub: str, action: str, *, write: bool = False) -> Token:
+    """The request's token, allowed `action` on subscription `sub` (else 401/403 in ARM's shape)."""
+    header = request.headers.get("authorization", "")
+    if not header:
+        raise ArmError(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
+    scheme, _, secret = header.partition(" ")
+    token = identity.authenticate(Tokens(service.store().catalog), identity.keys_for(service.config.home),
+                                  secret.strip()) if scheme.lower() == "bearer" else None  # a kiln token, or its JWT
+    if token is None:
+        raise ArmError(401, "InvalidAuthenticationToken", "The access token is invalid.")
+    if not token.allows(sub) or (write and token.read_only):
+        raise ArmError(403, "AuthorizationFailed",
+                       f"The client '{token.name}' does not have authorization to perform action '{action}' "
+                       f"over scope '/subscriptions/{sub}' or the scope is invalid.")
+    return token
+
+
+def api_version(request: Request, newest: str, known: tuple[str, ...] = ()) -> str:
+    """The request's api-version: one of `known` if given, else any well-formed one up to `newest`."""
+    version = request.query_params.get("api-version")
+    if not version:
+        raise ArmError(400, "MissingApiVersionParameter",
+                       "The api-version query parameter (?api-version=) is required for all requests.")
+    ok = version in known if known else bool(_API_VERSION.match(version)) and version[:10] <= newest
+    if not ok:
+        supported = ",".join(known) if known else f"any up to {newest}"
+        raise ArmError(400, "InvalidApiVersionParameter",
+                       f"The api-version '{version}' is invalid. The supported versions are '{supported}'.")
+    return version
+
+
+def listing(values: list[dict[str, Any]]) -> dict[str, Any]:
+    """One page holding everything (no nextLink: the SDK's pager stops there)."""
+    return {"value": values}
+
+
+def in_scope(resource_id: str, subscription: str, resource_group: str | None = None) -> bool:
+    """Whether an id lies in a subscription (and resource group), compared as ARM compares: case-insensitively."""
+    prefix = f"/subscriptions/{subscription}/".lower()
+    if resource_group is not None:
+        prefix += f"resourcegroups/{resource_group}/".lower()
+    return resource_id.lower().startswith(prefix)
