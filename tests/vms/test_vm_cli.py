@@ -176,7 +176,14 @@ def test_lab_vms_have_lab_ids(kiln: Kiln, raw_disk: Path) -> None:
 @pytest.mark.parametrize("case", ["unknown image", "not an image id", "key missing", "not a public key",
                                   "port in use", "disk too small", "bad user", "v1 on a uefi-only disk"])
 def test_bad_input_exits_2_and_leaves_nothing(kiln: Kiln, raw_disk: Path, tmp_path: Path, case: str) -> None:
-    image = import_image(kiln, raw_disk, "base", *(["--hyper-v-generation", "V1"] if case.startswith("v1") else []))
+    image = import_image(kiln, raw_disk, "base")
+    if case.startswith("v1"):
+        # kiln image import refuses V1 for this disk (kiln.disk.bios); a row from before kiln read
+        # generations off disks can still say V1, and a VM from it must not hang in SeaBIOS.
+        conn = sqlite3.connect(kiln.home / "catalog.sqlite")
+        conn.execute("UPDATE images SET hyper_v_generation = 'V1', boot_generations = ''")
+        conn.commit()
+        conn.close()
     private = tmp_path / "id_test"
     private.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n-----END OPENSSH PRIVATE KEY-----\n")
     args = ["vm", "create", "vm1", "--image", image, "--no-wait", "--memory", "256"]
@@ -192,7 +199,7 @@ def test_bad_input_exits_2_and_leaves_nothing(kiln: Kiln, raw_disk: Path, tmp_pa
         "port in use": (["--ssh-port", str(held.getsockname()[1])], "already in use"),
         "disk too small": (["--os-disk-size-gb", "0"], "--os-disk-size-gb"),
         "bad user": (["--admin-username", "root"], "not valid"),
-        "v1 on a uefi-only disk": ([], "UEFI only"),
+        "v1 on a uefi-only disk": ([], "cannot boot with BIOS"),
     }[case]
     try:
         proc = kiln(*args, *expected[0])
@@ -231,7 +238,7 @@ def test_factory_saves_a_golden_vm_into_the_factory_lab(kiln: Kiln, raw_disk: Pa
 
 def test_a_port_taken_after_kiln_looked_is_refused_by_qemu_or_moved(kiln: Kiln, raw_disk: Path) -> None:
     """Another program can take a VM's port between kiln's look and QEMU's bind. QEMU's refusal
-    ("Could not set up host forwarding rule") is then the user's error (exit 2) for a port they
+    (pasta's "Failed to bind any port", or QEMU's "Could not set up host forwarding rule") is then the user's error (exit 2) for a port they
     chose; a stopped VM whose port was taken meanwhile starts on a new one."""
     from kiln.config import load_config
     from kiln.errors import InvalidInput
@@ -249,7 +256,8 @@ def test_a_port_taken_after_kiln_looked_is_refused_by_qemu_or_moved(kiln: Kiln, 
             vm = store.vms.get("p1")
             with pytest.raises(InvalidInput, match="already in use") as refused:
                 qemu.start(vm, store.blobs.path_for(vm.digest))  # past kiln's own check, as in the race
-            assert "Could not set up host forwarding rule" in str(refused.value)
+            said = str(refused.value)  # pasta, which carries the port into QEMU's namespace, or QEMU itself
+            assert "Failed to bind any port" in said or "Could not set up host forwarding rule" in said
         assert not qemus_of(kiln.home)
         started = kiln.ok("vm", "start", "p1")
         moved = kiln.json("vm", "show", "p1")

@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln import ids
+from kiln.disk import bios
 from kiln.errors import BuildFailed, InvalidInput
 from kiln.events import Monitor, NullMonitor
 from kiln.run import run
 from kiln.store import worklock
 from kiln.store.common import new_holder
-from kiln.vms import images
 
 if TYPE_CHECKING:
     from kiln.ids import ResourceId
@@ -62,7 +62,7 @@ class Captured:
         return self.resource
 
 
-def _target(store: Store, text: str, os_state: str, generation: str) -> ResourceId:
+def _target(store: Store, text: str, os_state: str) -> ResourceId:
     """The target id, checked to be publishable (and not taken) before any work."""
     rid = ids.try_parse(text)
     kind = rid.kind.lower() if rid else ""
@@ -84,10 +84,6 @@ def _target(store: Store, text: str, os_state: str, generation: str) -> Resource
                                f"this capture is {os_state}",
                                hint=f"capture with --{definition.os_state.lower()}, or into a definition with "
                                     f"osState {os_state}")
-        if os_state == "Specialized" and definition.hyper_v_generation != generation:
-            raise InvalidInput(f"gallery image definition {definition.id} is hyperVGeneration "
-                               f"{definition.hyper_v_generation}; the VM is {generation}",
-                               hint="capture into a definition with the VM's hyperVGeneration")
         if any(v.id == rid for v in store.galleries.list_versions(definition.id)):
             raise InvalidInput(f"gallery image version {rid} already exists",
                                hint="a version cannot be overwritten: capture as another version number")
@@ -108,7 +104,7 @@ def capture(store: Store, vm: VirtualMachine, target: str, *, os_state: str, val
     monitor = monitor or NullMonitor()
     if os_state not in ("Generalized", "Specialized"):
         raise ValueError(os_state)
-    rid = _target(store, target, os_state, vm.hyper_v_generation)
+    rid = _target(store, target, os_state)
     if vm.running:
         raise InvalidInput(f"VM {vm.name} is running: a {os_state.lower()} capture is made of a stopped VM",
                            hint=f"stop it first (kiln vm stop {vm.name}), then capture; it can be started again after")
@@ -123,23 +119,23 @@ def capture(store: Store, vm: VirtualMachine, target: str, *, os_state: str, val
         generation = vm.hyper_v_generation
         if os_state == "Generalized":
             disk = _generalize(disk, work, monitor)
-            if generation == "V1" and not images.bios_bootable(disk):
-                generation = "V2"  # what kiln assembles boots with UEFI
-                monitor.log("the generalized disk boots with UEFI only: recorded as hyperVGeneration V2", name="capture")
-            if rid.kind.lower() == ids.GALLERY_IMAGE_VERSION.lower():
-                definition = store.galleries.get_definition(rid.parent())
-                if definition.hyper_v_generation != generation:
-                    raise InvalidInput(f"gallery image definition {definition.id} is hyperVGeneration "
-                                       f"{definition.hyper_v_generation}; the captured disk is {generation}",
-                                       hint=f"capture into a definition with hyperVGeneration {generation}")
+        boots = bios.boot_generations(disk, "raw")  # a generalized copy is a new kiln disk (hybrid)
+        if rid.kind.lower() == ids.GALLERY_IMAGE_VERSION.lower():
+            generation = store.galleries.get_definition(rid.parent()).hyper_v_generation
+            bios.require_generation(generation, boots, what=f"gallery image definition {rid.parent()}", path="--id",
+                                    hint="capture into a definition of a generation the VM's disk boots")
+        elif boots and generation not in boots:
+            generation = boots[-1]
+            monitor.log(f"the captured disk boots {' and '.join(boots)}: recorded as hyperVGeneration {generation}",
+                        name="capture")
         boot_tested = False
         if validate:
-            boot_tested = _boot_test(disk, work, monitor)
+            boot_tested = _boot_test(disk, work, monitor, firmware="bios" if generation == "V1" else "uefi")
         else:
             monitor.log("boot test skipped (--no-validate): the image is marked unverified", name="capture")
         blob = store.blobs.ingest(disk, holder=holder, move=True, monitor=monitor)
         return _publish(store, rid, blob, vm, os_state=os_state, generation=generation, boot_tested=boot_tested,
-                        image_path=image_path, monitor=monitor)
+                        boots=boots, image_path=image_path, monitor=monitor)
     finally:
         store.blobs.release_holder(holder)
         shutil.rmtree(work, ignore_errors=True)
@@ -180,12 +176,12 @@ def _keep_machine_id_file(root: Path) -> None:
         mid.chmod(0o444)
 
 
-def _boot_test(disk: Path, work: Path, monitor: Monitor) -> bool:
+def _boot_test(disk: Path, work: Path, monitor: Monitor, *, firmware: str) -> bool:
     from kiln.validate.boottest import boot_test
 
-    monitor.step("validate", "boot the captured disk in QEMU")
+    monitor.step("validate", f"boot the captured disk in QEMU ({firmware.upper()})")
     report = boot_test(disk, "raw", timeout_s=BOOT_TIMEOUT_S, monitor=monitor, serial_log=work / "serial.log",
-                       work_dir=work)
+                       work_dir=work, firmware=firmware)
     if not report.ok:
         monitor.result("validate", ok=False, message=report.message)
         raise BuildFailed(f"the captured disk failed its boot test: {report.message}",
@@ -195,13 +191,14 @@ def _boot_test(disk: Path, work: Path, monitor: Monitor) -> bool:
 
 
 def _publish(store: Store, rid: ResourceId, blob: Blob, vm: VirtualMachine, *, os_state: str, generation: str,
-             boot_tested: bool, image_path: str, monitor: Monitor) -> Captured:
+             boot_tested: bool, boots: tuple[str, ...], image_path: str, monitor: Monitor) -> Captured:
     kind = rid.kind.lower()
     source = str(vm.id)
     if kind == ids.IMAGE.lower():
         image = store.images.publish_blob(blob, rid, store.config.default_location, os_type=vm.os_type,
                                           os_state=os_state, hyper_v_generation=generation, source=source,
-                                          boot_tested=boot_tested, replace=False, monitor=monitor)
+                                          boot_tested=boot_tested, replace=False, monitor=monitor,
+                                          boot_generations=boots)
         return Captured(str(image.id), os_state, generation, boot_tested, image.to_json())
     if kind == ids.GALLERY_IMAGE_VERSION.lower():
         from kiln.distribute.galleries import publish_gallery_version
@@ -210,7 +207,7 @@ def _publish(store: Store, rid: ResourceId, blob: Blob, vm: VirtualMachine, *, o
         gallery = store.galleries.get(rid.parent().parent())
         version = publish_gallery_version(store, rid.parent(), blob, rule=VersionRule("Explicit", rid.name),
                                           target_regions=[RegionTarget(gallery.location)], source=source,
-                                          boot_tested=boot_tested, monitor=monitor)
+                                          boot_tested=boot_tested, monitor=monitor, boot_generations=boots)
         return Captured(str(version.id), os_state, generation, boot_tested, version.to_json())
     from kiln.distribute.labs import publish_lab_image
 

@@ -22,7 +22,6 @@ ACCEPTED = (ids.IMAGE, ids.GALLERY_IMAGE_VERSION, ids.GALLERY_IMAGE, ids.LAB_CUS
 _HINT = ("give a managed image (.../Microsoft.Compute/images/NAME), a gallery image version "
          "(.../galleries/G/images/D/versions/1.0.0 or .../versions/latest) or a lab custom image "
          "(.../Microsoft.DevTestLab/labs/LAB/customimages/NAME)")
-MBR_BOOT_CODE = 440  # bytes of x86 boot code at the start of the MBR
 
 
 @dataclass(frozen=True)
@@ -62,9 +61,12 @@ def resolve(store: Store, text: str, *, lab: ids.ResourceId | None = None) -> So
                        definition.os_state)
 
 
-def bios_bootable(disk: Path) -> bool:
-    """Whether SeaBIOS can boot `disk`: its MBR carries boot code (GRUB's boot.img on a hybrid disk).
-    A UEFI-only GPT disk has a protective MBR with none: BIOS finds nothing to run."""
-    with open(disk, "rb") as f:
-        mbr = f.read(512)
-    return len(mbr) == 512 and mbr[510:512] == b"\x55\xaa" and any(mbr[:MBR_BOOT_CODE])
+def check_generation(source: SourceImage) -> None:
+    """A V1 (BIOS) image must boot with BIOS (kiln.disk.bios reads what the disk boots): rows made
+    before kiln recorded generations, or a UEFI-only disk, are refused here rather than hang SeaBIOS."""
+    from kiln.disk import bios
+
+    bios.require_generation(source.hyper_v_generation, bios.boot_generations(source.disk, "vpc"),
+                            what=f"image {source.id}", path="--image",
+                            hint="a V1 VM boots with SeaBIOS: make the VM from a hybrid (V1 and V2) disk, "
+                                 "or import this disk as V2 (UEFI)")

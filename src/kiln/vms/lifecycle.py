@@ -117,10 +117,7 @@ def create(store: Store, request: CreateRequest, monitor: Monitor | None = None)
     if source.os_type != "Linux":
         raise InvalidInput(f"image {source.id} is {source.os_type}; kiln runs Linux VMs only",
                            hint="Windows guests need media and licences this host does not have")
-    if source.hyper_v_generation == "V1" and not images.bios_bootable(source.disk):
-        raise InvalidInput(f"image {source.id} is hyperVGeneration V1 (BIOS), but its disk has no BIOS boot code:"
-                           " it boots with UEFI only",
-                           hint="import it as V2 (kiln image import --hyper-v-generation V2), or give a BIOS-bootable disk")
+    images.check_generation(source)
     size = source.virtual_size if request.os_disk_size_gb is None else request.os_disk_size_gb << 30
     if size < source.virtual_size:
         raise InvalidInput(f"--os-disk-size-gb {request.os_disk_size_gb} is smaller than the image "
