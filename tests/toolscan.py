@@ -33,7 +33,7 @@ RUNNERS = {"run", "run_streamed", "spawn"}
 SUBPROCESS = {"run", "Popen", "call", "check_call", "check_output"}
 # Shipped shell scripts that run inside a booted guest, not on the host (they are installed into
 # every image). Any other *.sh under src/ is taken to run on the host.
-GUEST_SCRIPTS = {"kiln/validate/kiln-guest-check.sh"}
+GUEST_SCRIPTS = {"kiln/validate/kiln-guest-check.sh", "kiln/validate/guest-run.sh"}
 
 DYN = None  # an argv item that is not a constant
 

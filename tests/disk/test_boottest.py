@@ -50,9 +50,14 @@ def unbootable_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return disk
 
 
-def test_guest_reports_ready_and_shows_a_login_prompt(booted: Booted) -> None:
+def test_guest_reports_ready_and_shows_a_login_prompt(booted: Booted, prepared_root: Path) -> None:
     report = booted.report
     assert report.marker_seen, report.message
+    # the check follows what the image holds: the serial one (and why) without cloud-init
+    if (prepared_root / "usr/bin/cloud-init").exists():
+        assert report.check == "ssh-login"
+    else:
+        assert (report.check, report.check_reason) == ("serial", "the image has no cloud-init (/usr/bin/cloud-init)")
     assert report.login_prompt_seen
     assert report.system_state in ("running", "degraded")
     serial = booted.serial_log.read_text(errors="replace")

@@ -103,6 +103,7 @@ def register_image(cli: click.Group) -> None:
                 ("id", i.id), ("location", i.location), ("osType", i.os_type), ("osState", i.os_state),
                 ("hyperVGeneration", i.hyper_v_generation), ("size", _size(i.disk.virtual_size)),
                 ("tags", json.dumps(i.tags)), ("bootTested", i.boot_tested),
+                ("bootTest", i.boot_test or "none"),
                 ("bootGenerations", ", ".join(i.boot_generations) or "unknown"), ("digest", i.digest),
                 ("disk", f"{i.disk.path} ({i.disk.format})")]), whole=KV)
 

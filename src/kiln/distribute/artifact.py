@@ -24,6 +24,7 @@ class BuiltArtifact:
     hyper_v_generation: str = "V2"
     source_version: str | None = None
     boot_tested: bool = False
+    boot_test: str = ""  # which boot test proved it: ssh-login | serial ("" if none ran or it failed)
     description: str = ""
     source_id: str = ""  # the template's source, recorded on the images made from it
     known_digest: KnownDigest | None = None  # hashed ahead (during the boot test): publishing skips it

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -58,7 +58,8 @@ def distribute_managed_image(store: Store, target: ManagedImageTarget, blob: Blo
     image = store.images.publish_blob(
         blob, image_id, target.location, os_type=artifact.os_type, os_state=artifact.os_state,
         hyper_v_generation=artifact.hyper_v_generation, tags=dict(target.artifact_tags), source=artifact.source_id,
-        boot_tested=artifact.boot_tested, replace=True, monitor=monitor, boot_generations=artifact.boot_generations)
+        boot_tested=artifact.boot_tested, replace=True, monitor=monitor, boot_generations=artifact.boot_generations,
+        boot_test=artifact.boot_test)
     replica = store.regions.get_replica(image.location, blob.digest)
     return RunOutput(target.run_output_name, template_id, "ManagedImage", "Succeeded", artifact_id=str(image.id),
                      artifact_uri=replica.uri if replica else "")
@@ -210,7 +211,7 @@ def distribute(store: Store, targets: Sequence[DistributeTarget], artifact: Buil
                                                  f".properties.distribute[{i}]")
                 except KilnError as e:
                     out = RunOutput(name, template_id, target.type, "Failed", error=e.render())
-            outputs.append(store.runs.record_output(run_id, out))
+            outputs.append(store.runs.record_output(run_id, replace(out, boot_test=artifact.boot_test)))
             monitor.result(f"distribute {name}", ok=out.provisioning_state == "Succeeded",
                            message=out.artifact_id or out.artifact_uri or out.error)
     finally:

@@ -269,7 +269,10 @@ def validate(ctx: BuildContext, disk: Disk) -> Validation:
             raise ValidationError(f"validation failed: {why}", hint=f"serial console: {ctx.serial_log}")
         ctx.monitor.log("continueDistributeOnFailure is set: distributing the image anyway (run will be Failed)")
         return Validation(ran=True, failure=why, report=report, known_digest=known_digest)
-    ctx.monitor.result("validate", message=f"booted in {report.seconds:.1f} s, {len(scripts)} validation(s) passed")
+    how = (f"ssh-login check: SSH at {report.login_seconds:.1f} s, cloud-init done at {report.ready_seconds:.1f} s"
+           if report.check == "ssh-login" and report.login_seconds is not None and report.ready_seconds is not None
+           else f"{report.check} check")
+    ctx.monitor.result("validate", message=f"booted in {report.seconds:.1f} s ({how}), {len(scripts)} validation(s) passed")
     return Validation(ran=True, report=report, known_digest=known_digest)
 
 
@@ -286,6 +289,7 @@ def distribute(ctx: BuildContext, tree: SourceTree, disk: Disk, checked: Validat
         hyper_v_generation=plan_generations(ctx.store, ctx.template).image,  # the source's, as in AIB
         source_version=tree.exact_version,
         boot_tested=checked.passed,
+        boot_test=checked.report.check if checked.passed and checked.report else "",
         description=f"built by kiln from template {ctx.template.name}",
         source_id=tree.description,
         known_digest=checked.known_digest,

@@ -201,7 +201,13 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE images ADD COLUMN boot_generations TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE gallery_image_versions ADD COLUMN boot_generations TEXT NOT NULL DEFAULT ''",
     ),
-    # 6: virtual machines made from stored images (kiln.store.vms): each one's disk is an overlay
+    # 6: which boot test proved a built image (ssh-login | serial; '' when none ran), on the image
+    # and on the run output that made it (kiln.validate.choose).
+    (
+        "ALTER TABLE images ADD COLUMN boot_test TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE run_outputs ADD COLUMN boot_test TEXT NOT NULL DEFAULT ''",
+    ),
+    # 7: virtual machines made from stored images (kiln.store.vms): each one's disk is an overlay
     # on its image's blob, so the blob stays while the VM does (kiln.store.maintenance keeps it).
     (
         """CREATE TABLE vms (

@@ -48,6 +48,7 @@ class ManagedImage:
     boot_tested: bool = False
     created: float = 0.0
     boot_generations: tuple[str, ...] = ()  # what its disk boots, read from it: V1 (BIOS), V2 (UEFI); () unknown
+    boot_test: str = ""  # the boot test that proved it: ssh-login | serial ("" if none)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,7 +72,7 @@ class ManagedImage:
             },
             "kiln": {"digest": self.digest, "virtualSize": self.disk.virtual_size, "format": self.disk.format,
                      "path": str(self.disk.path), "bootTested": self.boot_tested, "created": self.created,
-                     "bootGenerations": list(self.boot_generations)},
+                     "bootGenerations": list(self.boot_generations), "bootTest": self.boot_test or None},
         }
 
 
@@ -87,7 +88,7 @@ class Images:
             id=ids.parse(r["id"], ids.IMAGE), location=r["location"], os_type=r["os_type"], os_state=r["os_state"],
             hyper_v_generation=r["hyper_v_generation"], digest=r["digest"], disk=blob.disk, tags=json.loads(r["tags"]),
             source=r["source"], boot_tested=bool(r["boot_tested"]), created=r["created"],
-            boot_generations=split_generations(r["boot_generations"]),
+            boot_generations=split_generations(r["boot_generations"]), boot_test=r["boot_test"],
         )
 
     def find(self, image_id: str | ResourceId) -> ManagedImage | None:
@@ -180,6 +181,7 @@ class Images:
         replace: bool = True,
         monitor: Monitor | None = None,
         boot_generations: tuple[str, ...] = (),
+        boot_test: str = "",
     ) -> ManagedImage:
         """Make `image_id` name the stored `blob` (replicated to `location` first). The caller holds a lease.
         `boot_generations` is what the disk boots (`kiln.disk.bios.boot_generations`); the caller checks it."""
@@ -193,9 +195,9 @@ class Images:
             db.execute("DELETE FROM images WHERE key = ?", (image_id.key,))
             db.execute(
                 "INSERT INTO images (key, id, location, os_type, os_state, hyper_v_generation, digest, tags, source,"
-                " boot_tested, created, boot_generations) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " boot_tested, created, boot_generations, boot_test) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (image_id.key, str(image_id), region.name, os_type, os_state, hyper_v_generation, blob.digest,
-                 dumps(tags or {}), source, int(boot_tested), now(), join_generations(boot_generations)),
+                 dumps(tags or {}), source, int(boot_tested), now(), join_generations(boot_generations), boot_test),
             )
         return self.get(image_id)
 

@@ -51,6 +51,7 @@ class RunOutput:
     error: str = ""
     run_id: str = ""
     created: float = 0.0
+    boot_test: str = ""  # the boot test that proved the artifact: ssh-login | serial ("" if none)
 
     @property
     def id(self) -> ResourceId:
@@ -66,7 +67,8 @@ class RunOutput:
         if self.error:
             props["error"] = self.error
         return {"id": str(self.id), "name": self.name, "type": ids.RUN_OUTPUT, "properties": props,
-                "kiln": {"runId": self.run_id, "targetType": self.target_type, "created": _iso(self.created)}}
+                "kiln": {"runId": self.run_id, "targetType": self.target_type, "created": _iso(self.created),
+                         "bootTest": self.boot_test or None}}
 
 
 @dataclass(frozen=True)
@@ -174,16 +176,17 @@ class Runs:
         t = now()
         with self.catalog.write() as db:
             db.execute("INSERT OR REPLACE INTO run_outputs (run_id, name, template_key, target_type, artifact_id,"
-                       " artifact_uri, provisioning_state, error, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       " artifact_uri, provisioning_state, error, created, boot_test) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (run_id, output.name, output.template_id.key, output.target_type, output.artifact_id,
-                        output.artifact_uri, output.provisioning_state, output.error, t))
+                        output.artifact_uri, output.provisioning_state, output.error, t, output.boot_test))
         return RunOutput(output.name, output.template_id, output.target_type, output.provisioning_state,
-                         output.artifact_id, output.artifact_uri, output.error, run_id, t)
+                         output.artifact_id, output.artifact_uri, output.error, run_id, t, output.boot_test)
 
     def _outputs(self, rows: list[sqlite3.Row]) -> tuple[RunOutput, ...]:
         tids = {r["template_key"]: self._template_key_id(r["template_key"]) for r in rows}
         return tuple(RunOutput(r["name"], tids[r["template_key"]], r["target_type"], r["provisioning_state"],
-                               r["artifact_id"], r["artifact_uri"], r["error"], r["run_id"], r["created"]) for r in rows)
+                               r["artifact_id"], r["artifact_uri"], r["error"], r["run_id"], r["created"],
+                               r["boot_test"]) for r in rows)
 
     def _template_key_id(self, key: str) -> ResourceId:
         r = self.catalog.one("SELECT id FROM image_templates WHERE key = ?", (key,))

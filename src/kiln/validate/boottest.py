@@ -16,6 +16,11 @@ and powers off. A check disk rather than SMBIOS credentials or fw_cfg, because i
 on Debian 11 (systemd 247 imports no SMBIOS credentials), 12 and 13, needs no optional kernel
 module, and carries scripts of any size. The boot runs on a throwaway overlay, so the nonce, the
 scripts and everything the boot writes vanish with it: none of it reaches the published disk.
+
+That is the `serial` check. An image with cloud-init and an OpenSSH server gets the `ssh-login`
+check instead (login.py): a throwaway user provisioned through NoCloud logs in over SSH, and the
+validations run in that session. `boot_test()` inspects the disk first (choose.py) and records
+in its report which check ran.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ import secrets
 import tarfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kiln.errors import BuildFailed
 from kiln.events import Monitor, NullMonitor
 from kiln.sandbox.vm import DataDisk, VirtualMachine, detect_accel
+from kiln.validate.choose import CHECKS, SERIAL, SSH_LOGIN, CheckChoice, choose_check
 
 CHECK_DISK_SERIAL = "kiln-check"
 OUTPUT_TAIL_CHARS = 4000
@@ -71,6 +77,11 @@ class BootReport:
     login_prompt_seen: bool = False
     accel: str = ""
     message: str = ""  # why it failed, with the serial tail; "" when ok
+    check: str = SERIAL  # which boot test ran: ssh-login | serial
+    check_reason: str = ""  # what in the image chose it
+    login_seconds: float | None = None  # ssh-login: QEMU start → the first SSH login that worked
+    login_user: str = ""  # ssh-login: the throwaway admin user (only ever in the overlay)
+    cloud_init_status: str = ""  # ssh-login: done | error | ...
 
     def raise_for_failure(self) -> None:
         if not self.ok:
@@ -182,14 +193,110 @@ def boot_test(
     work_dir: Path | None = None,
     persist: bool = False,
     firmware: str = "uefi",  # "bios": SeaBIOS, for hyperVGeneration V1
+    check: str = "auto",
 ) -> BootReport:
-    """Boot `disk` (fmt raw|vpc) until the guest reports readiness within `timeout_s`, run `scripts`.
+    """Boot `disk` (fmt raw|vpc) until the guest reports readiness within `timeout_s`, run `scripts`
+    (ssh-login: `timeout_s` to the first login, and as long again for cloud-init to finish).
 
     Returns a report; a guest that never becomes ready gives `ok=False` with a message carrying the
     serial tail (it does not raise). QEMU and its temp dir are gone when this returns or raises.
-    `persist=True` boots the disk itself instead of an overlay (for steps whose changes must stay).
+    `persist=True` boots the disk itself instead of an overlay (for steps whose changes must stay;
+    always the serial check: a login would leave its user and cloud-init's state on the disk).
+    `check`: auto (inspect the disk: ssh-login when it has cloud-init and sshd), ssh-login or serial.
+    `firmware`: uefi, or bios (SeaBIOS).
     """
     monitor = monitor or NullMonitor()
+    if check not in ("auto", *CHECKS):
+        raise ValueError(f"unknown boot test check {check!r}")
+    if persist:
+        choice = CheckChoice(SERIAL, "the boot writes the disk itself (persist)")
+    elif check == "auto":
+        choice = choose_check(disk, fmt)
+    else:
+        choice = CheckChoice(check, "asked for")
+    monitor.log(f"boot test: {choice.kind} check ({choice.reason})")
+    if choice.kind == SSH_LOGIN:
+        return _login_boot_test(disk, fmt, scripts=scripts, timeout_s=timeout_s, monitor=monitor,
+                                serial_log=serial_log, scripts_timeout_s=scripts_timeout_s, memory_mib=memory_mib,
+                                work_dir=work_dir, firmware=firmware, reason=choice.reason)
+    return replace(_serial_boot_test(disk, fmt, scripts=scripts, timeout_s=timeout_s, monitor=monitor,
+                                     serial_log=serial_log, scripts_timeout_s=scripts_timeout_s,
+                                     memory_mib=memory_mib, work_dir=work_dir, persist=persist, firmware=firmware),
+                   check=SERIAL, check_reason=choice.reason)
+
+
+def _login_boot_test(
+    disk: Path,
+    fmt: str,
+    *,
+    scripts: Sequence[GuestScript],
+    timeout_s: float,
+    monitor: Monitor,
+    serial_log: Path | None,
+    scripts_timeout_s: float,
+    memory_mib: int,
+    work_dir: Path | None,
+    firmware: str,
+    reason: str,
+) -> BootReport:
+    from kiln.validate.login import login_boot
+
+    parser = _SerialParser("-", [])  # no markers in this check: it follows the console for its tail
+    started = time.monotonic()
+    out = login_boot(disk, fmt, scripts=[(s.name, s.content) for s in scripts], timeout_s=timeout_s,
+                     scripts_timeout_s=scripts_timeout_s, monitor=monitor, serial_log=serial_log,
+                     memory_mib=memory_mib, cpus=boot_test_cpus(), work_dir=work_dir, firmware=firmware,
+                     on_serial=parser.feed)
+    parser.flush()
+    seconds = time.monotonic() - started
+    results = tuple(ScriptResult(name, code, text[-OUTPUT_TAIL_CHARS:]) for name, code, text in out.results)
+    problem = out.problem
+    if not problem and len(results) != len(scripts):
+        problem = f"only {len(results)} of {len(scripts)} validation(s) reported a result"
+    failed = [r for r in results if r.exit_code != 0]
+    if problem:
+        where = f" (serial console: {serial_log})" if serial_log else ""
+        message = f"boot test failed: {problem}{where}\n--- serial console, last lines ---\n{parser.tail()}"
+        monitor.log(message)
+    elif failed:
+        message = "; ".join(f"validation {r.name!r} exited {r.exit_code}: {r.output_tail.strip()[-300:]}" for r in failed)
+    else:
+        message = ""
+    status = out.status
+    return BootReport(
+        ok=not message,
+        seconds=seconds,
+        marker_seen=out.ready_at is not None,
+        results=results,
+        serial_tail=parser.tail(),
+        ready_seconds=out.ready_at,
+        system_state=status.system_state if status else "",
+        failed_units=status.failed_units if status else (),
+        login_prompt_seen=parser.login_prompt,
+        accel=out.accel,
+        message=message,
+        check=SSH_LOGIN,
+        check_reason=reason,
+        login_seconds=out.login_at,
+        login_user=out.user,
+        cloud_init_status=status.cloud_init if status else "",
+    )
+
+
+def _serial_boot_test(
+    disk: Path,
+    fmt: str,
+    *,
+    scripts: Sequence[GuestScript],
+    timeout_s: float,
+    monitor: Monitor,
+    serial_log: Path | None,
+    scripts_timeout_s: float,
+    memory_mib: int,
+    work_dir: Path | None,
+    persist: bool,
+    firmware: str,
+) -> BootReport:
     nonce = secrets.token_hex(12)
     parser = _SerialParser(nonce, [s.name for s in scripts])
     names = ", ".join(s.name for s in scripts)
@@ -288,7 +395,7 @@ def run_in_vm(
     if isinstance(script, str):
         script = GuestScript("run-in-vm", script.encode())
     report = boot_test(disk, fmt, scripts=[script], timeout_s=timeout_s, monitor=monitor,
-                       serial_log=serial_log, persist=persist, work_dir=work_dir)
+                       serial_log=serial_log, persist=persist, work_dir=work_dir, check=SERIAL)
     if not report.results:
         raise BuildFailed(report.message or "the script did not run in the guest")
     return report.results[0]

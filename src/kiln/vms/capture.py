@@ -128,13 +128,13 @@ def capture(store: Store, vm: VirtualMachine, target: str, *, os_state: str, val
             generation = boots[-1]
             monitor.log(f"the captured disk boots {' and '.join(boots)}: recorded as hyperVGeneration {generation}",
                         name="capture")
-        boot_tested = False
+        check = ""  # which boot test proved it (kiln.validate: ssh-login or serial)
         if validate:
-            boot_tested = _boot_test(disk, work, monitor, firmware="bios" if generation == "V1" else "uefi")
+            check = _boot_test(disk, work, monitor, firmware="bios" if generation == "V1" else "uefi")
         else:
             monitor.log("boot test skipped (--no-validate): the image is marked unverified", name="capture")
         blob = store.blobs.ingest(disk, holder=holder, move=True, monitor=monitor)
-        return _publish(store, rid, blob, vm, os_state=os_state, generation=generation, boot_tested=boot_tested,
+        return _publish(store, rid, blob, vm, os_state=os_state, generation=generation, check=check,
                         boots=boots, image_path=image_path, monitor=monitor)
     finally:
         store.blobs.release_holder(holder)
@@ -176,7 +176,7 @@ def _keep_machine_id_file(root: Path) -> None:
         mid.chmod(0o444)
 
 
-def _boot_test(disk: Path, work: Path, monitor: Monitor, *, firmware: str) -> bool:
+def _boot_test(disk: Path, work: Path, monitor: Monitor, *, firmware: str) -> str:
     from kiln.validate.boottest import boot_test
 
     monitor.step("validate", f"boot the captured disk in QEMU ({firmware.upper()})")
@@ -186,19 +186,20 @@ def _boot_test(disk: Path, work: Path, monitor: Monitor, *, firmware: str) -> bo
         monitor.result("validate", ok=False, message=report.message)
         raise BuildFailed(f"the captured disk failed its boot test: {report.message}",
                           hint="nothing was published; --no-validate publishes it unverified")
-    monitor.result("validate", message=f"booted in {report.seconds:.1f} s")
-    return True
+    monitor.result("validate", message=f"booted in {report.seconds:.1f} s ({report.check} check)")
+    return report.check
 
 
 def _publish(store: Store, rid: ResourceId, blob: Blob, vm: VirtualMachine, *, os_state: str, generation: str,
-             boot_tested: bool, boots: tuple[str, ...], image_path: str, monitor: Monitor) -> Captured:
+             check: str, boots: tuple[str, ...], image_path: str, monitor: Monitor) -> Captured:
     kind = rid.kind.lower()
+    boot_tested = bool(check)
     source = str(vm.id)
     if kind == ids.IMAGE.lower():
         image = store.images.publish_blob(blob, rid, store.config.default_location, os_type=vm.os_type,
                                           os_state=os_state, hyper_v_generation=generation, source=source,
                                           boot_tested=boot_tested, replace=False, monitor=monitor,
-                                          boot_generations=boots)
+                                          boot_generations=boots, boot_test=check)
         return Captured(str(image.id), os_state, generation, boot_tested, image.to_json())
     if kind == ids.GALLERY_IMAGE_VERSION.lower():
         from kiln.distribute.galleries import publish_gallery_version
