@@ -36,7 +36,8 @@ IMAGE = "/subscriptions/00000000-0000-0000-0000-0000000000b1/resourceGroups/benc
 MEMORY = 2048
 STEP = ["export DEBIAN_FRONTEND=noninteractive", "apt-get update",
         "apt-get install -y --no-install-recommends cloud-init cloud-guest-utils openssh-server",
-        "printf 'datasource_list: [ NoCloud, None ]\\n' > /etc/cloud/cloud.cfg.d/90-kiln-datasources.cfg"]
+        "printf 'datasource_list: [ NoCloud, None ]\\n' > /etc/cloud/cloud.cfg.d/90-kiln-datasources.cfg",
+        "printf 'locale: C.UTF-8\\n' > /etc/cloud/cloud.cfg.d/91-kiln-locale.cfg"]
 
 
 def env(home: Path, user: Path) -> dict[str, str]:

@@ -33,6 +33,9 @@ CLOUD_INIT_STEP = [
     "apt-get update",
     "apt-get install -y --no-install-recommends cloud-init cloud-guest-utils openssh-server",
     "printf 'datasource_list: [ NoCloud, None ]\\n' > /etc/cloud/cloud.cfg.d/90-kiln-datasources.cfg",
+    # C.UTF-8 is always there: cloud-init's default en_US.UTF-8 is not generated in this image, and its
+    # locale module's failure makes `cloud-init status` an error, which the SSH-login boot test fails.
+    "printf 'locale: C.UTF-8\\n' > /etc/cloud/cloud.cfg.d/91-kiln-locale.cfg",
 ]
 
 
