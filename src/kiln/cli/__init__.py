@@ -60,9 +60,12 @@ def _register_all() -> None:
         store_cmds,
         trigger_cmds,
         validate_cmds,
+        vm_cmds,
     )
 
-    for module in (validate_cmds, store_cmds, build_cmds, factory_cmds, doctor_cmds, serve_cmds, trigger_cmds):
+    # vm_cmds after factory_cmds: it adds `kiln lab vm` and `kiln factory save-vm` to their groups.
+    for module in (validate_cmds, store_cmds, build_cmds, factory_cmds, doctor_cmds, serve_cmds, trigger_cmds,
+                   vm_cmds):
         module.register(cli)
 
 

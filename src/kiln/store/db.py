@@ -207,6 +207,33 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE images ADD COLUMN boot_test TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE run_outputs ADD COLUMN boot_test TEXT NOT NULL DEFAULT ''",
     ),
+    # 7: virtual machines made from stored images (kiln.store.vms): each one's disk is an overlay
+    # on its image's blob, so the blob stays while the VM does (kiln.store.maintenance keeps it).
+    (
+        """CREATE TABLE vms (
+            key TEXT PRIMARY KEY,
+            id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            lab_key TEXT NOT NULL DEFAULT '',
+            image_id TEXT NOT NULL,
+            image_key TEXT NOT NULL,
+            digest TEXT NOT NULL REFERENCES blobs(digest),
+            os_type TEXT NOT NULL,
+            hyper_v_generation TEXT NOT NULL,
+            admin_username TEXT NOT NULL,
+            public_key TEXT NOT NULL,
+            key_path TEXT NOT NULL,
+            ssh_port INTEGER NOT NULL,
+            cpus INTEGER NOT NULL,
+            memory_mib INTEGER NOT NULL,
+            disk_size INTEGER NOT NULL,
+            dir TEXT NOT NULL,
+            pid INTEGER,
+            pid_start TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL)""",
+        "CREATE INDEX vms_by_name ON vms (name)",
+        "CREATE INDEX vms_by_digest ON vms (digest)",
+    ),
 ]
 
 

@@ -109,6 +109,11 @@ class Images:
     def delete(self, image_id: str | ResourceId) -> ManagedImage:
         image = self.get(image_id)
         with self.catalog.write() as db:
+            users = [r["id"] for r in db.execute("SELECT id FROM vms WHERE image_key = ? ORDER BY key", (image.id.key,))]
+            if users:
+                names = ", ".join(users)
+                raise InvalidInput(f"image {image.id} is the disk of {len(users)} VM(s): {names}",
+                                   hint="delete those VMs first (kiln vm delete NAME), or capture them as images")
             db.execute("DELETE FROM images WHERE key = ?", (image.id.key,))
         return image
 

@@ -66,6 +66,9 @@ def _referenced(store: Store) -> tuple[set[str], set[tuple[str, str]]]:
     for r in db.query("SELECT c.digest, l.location FROM lab_custom_images c JOIN labs l ON l.key = c.lab_key"):
         digests.add(r["digest"])
         replicas.add((r["location"].lower(), r["digest"]))
+    # A VM's overlay reads its image's blob (by path, in the blob store): the blob stays while the VM does.
+    for r in db.query("SELECT digest FROM vms"):
+        digests.add(r["digest"])
     for r in db.query("SELECT digest, target_regions FROM gallery_image_versions"):
         digests.add(r["digest"])
         for t in json.loads(r["target_regions"]):

@@ -25,6 +25,7 @@ from kiln.store.maintenance import GcReport, check, gc
 from kiln.store.regions import Regions
 from kiln.store.runs import Runs
 from kiln.store.shared import open_shared
+from kiln.store.vms import Vms
 
 
 class Store:
@@ -37,6 +38,7 @@ class Store:
         self.galleries = Galleries(catalog, self.blobs, self.regions)
         self.runs = Runs(catalog)
         self.labs = Labs(catalog, self.blobs, self.regions)
+        self.vms = Vms(catalog)
 
     @classmethod
     def open(cls, config: Config) -> Store:
