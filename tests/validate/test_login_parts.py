@@ -50,6 +50,21 @@ def test_status_done_without_status_json() -> None:
     assert (s.cloud_init, s.errors, s.system_state, s.failed_units) == ("done", (), "running", ())
 
 
+def finished(status_json: object, state: str) -> str:
+    """The status session's output when result.json appeared (the usual way: no cloud-init run)."""
+    return (f"KILN-CLOUD-INIT-FINISHED\n\nKILN-CLOUD-INIT-RC 0\nKILN-RESULT-JSON\n{json.dumps(status_json)}\n\n"
+            f"KILN-STATE {state}\n")
+
+
+def test_finished_stages_without_errors_are_done_and_with_errors_are_error() -> None:
+    clean = {"v1": {stage: {"errors": []} for stage in ("init-local", "init", "modules-config", "modules-final")}}
+    s = parse_status(finished(clean, "running"))
+    assert (s.cloud_init, s.errors, s.system_state) == ("done", (), "running")
+    s = parse_status(finished(LOCALE_ERROR, "degraded"))
+    assert s.cloud_init == "error" and "update-locale" in s.detail
+    assert s.errors[1:] == ("modules-final: ERROR: an error",)
+
+
 def test_a_session_that_printed_nothing() -> None:
     s = parse_status("")
     assert (s.cloud_init, s.system_state) == ("", "")
