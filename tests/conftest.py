@@ -20,6 +20,25 @@ __all__ = ["REPO", "conformance"]
 if TYPE_CHECKING:
     from debian_root import CachedRoot
 
+# scripts/test runs the suite with pytest-xdist, one test folder per worker at a time
+# (`--dist loadgroup`): a folder's session fixtures (its built images, its booted VMs) are then
+# made once, by the worker that runs the folder. Folders are handed out in this order, the longest
+# first, so that the last one to start is a short one.
+LONGEST_FIRST = ("pipeline", "firstboot", "vms", "validate", "api", "disk", "cluster", "factory",
+                 "customizers", "sources", "sandbox", "distribute", "store", "template")
+
+
+def _folder(item: pytest.Item) -> str:
+    parts = Path(item.path).relative_to(Path(__file__).parent).parts
+    return parts[0] if len(parts) > 1 else "tests"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_folder(item), len(rank)))  # stable: a folder keeps its order
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_folder(item)))
+
 
 @pytest.fixture
 def kiln_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
