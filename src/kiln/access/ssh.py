@@ -66,11 +66,14 @@ def port_in_use(port: int) -> bool:
 
 
 def wait_for_login(target: SshTarget, *, timeout_s: float, alive: Callable[[], bool],
-                   check: str = "true", poll_s: float = 2.0) -> float | None:
+                   check: str = "true", poll_s: float = 2.0,
+                   on_poll: Callable[[], None] = lambda: None) -> float | None:
     """Seconds until `check` ran over SSH with exit 0, or None after `timeout_s` or once `alive()`
-    says the VM is gone."""
+    says the VM is gone. `on_poll()` runs before every attempt (the boot test reads the serial
+    console there)."""
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
+        on_poll()
         if not alive():
             return None
         try:

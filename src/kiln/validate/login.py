@@ -33,7 +33,7 @@ from pathlib import Path
 
 from kiln.access.keys import make_key
 from kiln.access.seed import Seed, write_seed
-from kiln.access.ssh import SshTarget, free_port, ssh_run
+from kiln.access.ssh import SshTarget, free_port, ssh_run, wait_for_login
 from kiln.events import Monitor
 from kiln.run import ToolFailed
 from kiln.sandbox.vm import DataDisk, VirtualMachine
@@ -169,27 +169,19 @@ def login_boot(
                 return time.monotonic() - started
 
             # 1. the first login that works
-            while out.login_at is None:
+            login = wait_for_login(target, timeout_s=timeout_s, alive=lambda: vm.poll() is None,
+                                   poll_s=LOGIN_POLL_S, on_poll=lambda: feed(vm.read_serial()))
+            if login is None:
                 feed(vm.read_serial())
-                code = vm.poll()
-                if code is not None:
-                    feed(vm.read_serial())
+                if (code := vm.poll()) is not None:
                     out.problem = f"QEMU exited with code {code} before an SSH login worked"
                     if qemu_out := vm.qemu_output().strip():
                         out.problem += f"\nQEMU said: {qemu_out[-1500:]}"
-                    return out
-                if elapsed() > timeout_s:
-                    out.problem = f"the guest did not accept an SSH login within {timeout_s:.0f} s"
-                    return out
-                try:
-                    ok = ssh_run(target, "true", timeout=60).exit_code == 0
-                except ToolFailed:  # connected, then hung: the guest is busy booting
-                    ok = False
-                if ok:
-                    out.login_at = elapsed()
-                    monitor.log(f"guest: SSH login as {out.user} worked after {out.login_at:.1f} s; waiting for cloud-init")
                 else:
-                    time.sleep(LOGIN_POLL_S)
+                    out.problem = f"the guest did not accept an SSH login within {timeout_s:.0f} s"
+                return out
+            out.login_at = elapsed()
+            monitor.log(f"guest: SSH login as {out.user} worked after {out.login_at:.1f} s; waiting for cloud-init")
             # 2. cloud-init's verdict and systemd's state. `timeout_s` bounded the boot (to a login);
             # cloud-init's later stages get as long again.
             try:
