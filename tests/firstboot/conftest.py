@@ -141,69 +141,62 @@ def _serial(vm: VirtualMachine) -> str:
     return vm.serial_log.read_text(errors="replace") if vm.serial_log and vm.serial_log.exists() else ""
 
 
-@pytest.fixture(scope="session")
-def first_boot(vm_work: Path) -> Boot:
-    iso, key = _seed(vm_work, "seed1", "kiln-firstboot-1", ADMIN)
-    target = SshTarget(ADMIN, free_port(), key.private)
+def _session(vm_work: Path, n: int, user: str, commands: dict[str, tuple[str, float]], end: str,
+             on_cdrom: bool) -> Boot:
+    """Boot the VM's disk with seed `n` (a new instance id and user), log in, run `commands` over SSH,
+    then `systemctl {end}` the guest and wait for QEMU to exit."""
+    iso, key = _seed(vm_work, f"seed{n}", f"kiln-firstboot-{n}", user)
+    target = SshTarget(user, free_port(), key.private)
     started = time.monotonic()
-    with VirtualMachine(vm_work / "os.raw", "raw", overlay=False, ssh_port=target.port, cdrom=iso,
-                        serial_log=vm_work / "serial1.log", work_dir=vm_work / "qemu") as vm:
+    with VirtualMachine(vm_work / "os.raw", "raw", overlay=False, ssh_port=target.port,
+                        serial_log=vm_work / f"serial{n}.log", work_dir=vm_work / "qemu",
+                        cdrom=iso if on_cdrom else None,
+                        data_disks=[] if on_cdrom else [DataDisk("kiln-seed", iso.read_bytes())]) as vm:
         login = wait_for_login(target, timeout_s=LOGIN_TIMEOUT_S, alive=lambda: vm.poll() is None)
         boot = Boot(login)
-        print(f"\n[measure] first boot (TCG, seed on a q35 CD-ROM): SSH login after {login} s")
-        if login is None:
-            boot.serial = _serial(vm)
-            return boot
-        _boot(vm, target, {
-            "status": ("cloud-init status --wait --long", 900),
-            "whoami": ("id -un; sudo -n true && echo sudo-ok", 60),
-            "df": ("df -B1 --output=size / | tail -1", 60),
-            "seed": ("lsblk -no NAME,TYPE,LABEL,TRAN; findmnt -n -o FSTYPE /boot/efi", 60),
-            "analyze": ("systemd-analyze; systemd-analyze blame | head -30; systemd-analyze critical-chain", 120),
-            "cloud-analyze": ("sudo cloud-init analyze blame 2>/dev/null | head -40", 300),
-            "errors": ("sudo grep -E 'WARNING|ERROR|Traceback' /var/log/cloud-init.log | head -40; "
-                       "systemctl --failed --no-legend", 120),
-            # MODULES=dep: the new kernel's initramfs holds only what this VM uses, which update-initramfs
-            # writes in a fraction of the time of the image's `most` under TCG (the boot it must reach
-            # is this VM's, on the same virtual hardware)
-            "install": ("echo MODULES=dep | sudo tee /etc/initramfs-tools/conf.d/kiln-test.conf >/dev/null && "
-                        f"sudo apt-get -q update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
-                        f"--no-install-recommends {SECOND_FLAVOUR}", APT_TIMEOUT_S),
-            "entries": ("sudo ls /boot/efi/loader/entries; sudo bootctl list --no-pager", 120),
-        }, boot)
-        boot.out["reboot"] = _shutdown(vm, target, "reboot")
+        print(f"\n[measure] boot {n} (TCG, seed on {'a q35 CD-ROM' if on_cdrom else 'virtio'}): SSH login after {login} s")
+        if login is not None:
+            _boot(vm, target, commands, boot)
+            boot.out[end] = _shutdown(vm, target, end)
         boot.serial = _serial(vm)
-    print(f"[measure] first boot session: {time.monotonic() - started:.0f} s")
+    print(f"[measure] boot {n} session: {time.monotonic() - started:.0f} s")
     return boot
+
+
+@pytest.fixture(scope="session")
+def first_boot(vm_work: Path) -> Boot:
+    return _session(vm_work, 1, ADMIN, {
+        "status": ("cloud-init status --wait --long", 900),
+        "whoami": ("id -un; sudo -n true && echo sudo-ok", 60),
+        "df": ("df -B1 --output=size / | tail -1", 60),
+        "seed": ("lsblk -no NAME,TYPE,LABEL,TRAN; findmnt -n -o FSTYPE /boot/efi", 60),
+        "analyze": ("systemd-analyze; systemd-analyze blame | head -30; systemd-analyze critical-chain", 120),
+        "cloud-analyze": ("sudo cloud-init analyze blame 2>/dev/null | head -40", 300),
+        "errors": ("sudo grep -E 'WARNING|ERROR|Traceback' /var/log/cloud-init.log | head -40; "
+                   "systemctl --failed --no-legend", 120),
+        # MODULES=dep: the new kernel's initramfs holds only what this VM uses, which update-initramfs
+        # writes in a fraction of the time of the image's `most` under TCG (the boot it must reach
+        # is this VM's, on the same virtual hardware)
+        "install": ("echo MODULES=dep | sudo tee /etc/initramfs-tools/conf.d/kiln-test.conf >/dev/null && "
+                    f"sudo apt-get -q update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+                    f"--no-install-recommends {SECOND_FLAVOUR}", APT_TIMEOUT_S),
+        "entries": ("sudo ls /boot/efi/loader/entries; sudo bootctl list --no-pager", 120),
+    }, end="reboot", on_cdrom=True)
 
 
 @pytest.fixture(scope="session")
 def second_boot(first_boot: Boot, vm_work: Path) -> Boot:
     if first_boot.login_seconds is None or "install" not in first_boot.out:
         pytest.fail("the first boot did not get as far as installing a kernel")
-    iso, key = _seed(vm_work, "seed2", "kiln-firstboot-2", SECOND_ADMIN)
-    target = SshTarget(SECOND_ADMIN, free_port(), key.private)
-    with VirtualMachine(vm_work / "os.raw", "raw", overlay=False, ssh_port=target.port,
-                        data_disks=[DataDisk("kiln-seed", iso.read_bytes())],
-                        serial_log=vm_work / "serial2.log", work_dir=vm_work / "qemu") as vm:
-        login = wait_for_login(target, timeout_s=LOGIN_TIMEOUT_S, alive=lambda: vm.poll() is None)
-        boot = Boot(login)
-        print(f"\n[measure] second boot (seed on virtio): SSH login after {login} s")
-        if login is None:
-            boot.serial = _serial(vm)
-            return boot
-        _boot(vm, target, {
-            "status": ("cloud-init status --wait --long", 900),
-            "uname": ("uname -r", 60),
-            "users": ("getent passwd | cut -d: -f1", 60),
-            # the first kernel (generic flavour) and its metapackage; the running one stays
-            "remove": ("old=$(dpkg-query -W -f '${Package}\\n' 'linux-image-[0-9]*-amd64' | grep -v -- -cloud-); "
-                       "sudo DEBIAN_FRONTEND=noninteractive apt-get purge -y -q linux-image-amd64 $old", APT_TIMEOUT_S),
-            "entries": ("sudo ls /boot/efi/loader/entries /boot/efi/debian", 120),
-        }, boot)
-        boot.out["poweroff"] = _shutdown(vm, target, "poweroff")
-        boot.serial = _serial(vm)
-    return boot
+    return _session(vm_work, 2, SECOND_ADMIN, {
+        "status": ("cloud-init status --wait --long", 900),
+        "uname": ("uname -r", 60),
+        "users": ("getent passwd | cut -d: -f1", 60),
+        # the first kernel (generic flavour) and its metapackage; the running one stays
+        "remove": ("old=$(dpkg-query -W -f '${Package}\\n' 'linux-image-[0-9]*-amd64' | grep -v -- -cloud-); "
+                   "sudo DEBIAN_FRONTEND=noninteractive apt-get purge -y -q linux-image-amd64 $old", APT_TIMEOUT_S),
+        "entries": ("sudo ls /boot/efi/loader/entries /boot/efi/debian", 120),
+    }, end="poweroff", on_cdrom=False)
 
 
 @pytest.fixture(scope="session")

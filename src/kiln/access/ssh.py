@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,11 @@ class SshTarget:
     port: int
     key: Path
     host: str = "127.0.0.1"
+    # A ControlPath: every session then goes over one connection, which the first login opens and
+    # keeps (ControlPersist) until `close_connection`. Under TCG each new connection costs the
+    # guest a key exchange, and each new login a PAM session and a start of the user's systemd
+    # manager (the last session's end stops it): seconds per session.
+    control: Path | None = None
 
 
 def ssh_argv(target: SshTarget, *command: str, connect_timeout: int = 10, tty: bool = False,
@@ -33,8 +39,31 @@ def ssh_argv(target: SshTarget, *command: str, connect_timeout: int = 10, tty: b
         "-o", f"BatchMode={'yes' if batch else 'no'}", "-o", "StrictHostKeyChecking=no",
         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
         "-o", f"ConnectTimeout={connect_timeout}", "-o", "ServerAliveInterval=15",
+        *_multiplexing(target),
         "-t" if tty else "-T", f"{target.user}@{target.host}", *command,
     ]
+
+
+def _multiplexing(target: SshTarget) -> list[str]:
+    if target.control is None:
+        return []
+    return ["-o", "ControlMaster=auto", "-o", f"ControlPath={target.control}", "-o", "ControlPersist=yes"]
+
+
+@contextmanager
+def shared_connection(target: SshTarget) -> Iterator[SshTarget]:
+    """`target`'s sessions share one connection until the block ends (see SshTarget.control)."""
+    try:
+        yield target
+    finally:
+        close_connection(target)
+
+
+def close_connection(target: SshTarget) -> None:
+    """End the shared connection of a target with a ControlPath (nothing if none is open)."""
+    if target.control is not None and target.control.exists():
+        run([SSH, "-o", f"ControlPath={target.control}", "-O", "exit", f"{target.user}@{target.host}"],
+            check=False, capture=True, timeout=30)
 
 
 @dataclass(frozen=True)

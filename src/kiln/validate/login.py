@@ -33,7 +33,7 @@ from pathlib import Path
 
 from kiln.access.keys import make_key
 from kiln.access.seed import Seed, write_seed
-from kiln.access.ssh import SshTarget, free_port, ssh_run, wait_for_login
+from kiln.access.ssh import SshTarget, free_port, shared_connection, ssh_run, wait_for_login
 from kiln.events import Monitor
 from kiln.run import ToolFailed
 from kiln.sandbox.vm import DataDisk, VirtualMachine
@@ -151,17 +151,19 @@ def login_boot(
     out = LoginOutcome(user=USER_PREFIX + nonce[:8])
     if work_dir:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="kiln-login-", dir=work_dir) as tmp:
+    # the SSH control socket in a short path (a socket's path has at most 107 bytes)
+    with tempfile.TemporaryDirectory(prefix="kiln-login-", dir=work_dir) as tmp, \
+            tempfile.TemporaryDirectory(prefix="kiln-ssh-") as sockets:
         key = make_key(Path(tmp) / "id_ed25519", comment=f"{KEY_COMMENT}-{nonce}")
         seed = Seed(instance_id=f"kiln-boot-test-{nonce}", hostname="kiln-boot-test", user=out.user,
                     public_keys=(key.public,))
         iso = write_seed(seed, Path(tmp) / "seed.iso")
         port = free_port()
-        target = SshTarget(out.user, port, key.private)
+        target = SshTarget(out.user, port, key.private, control=Path(sockets) / "control")
         started = time.monotonic()
         with VirtualMachine(disk, fmt, serial_log=serial_log, memory_mib=memory_mib, overlay=True, work_dir=work_dir,
                             data_disks=[DataDisk(SEED_SERIAL, iso.read_bytes())], monitor=monitor, cpus=cpus,
-                            firmware=firmware, ssh_port=port) as vm:
+                            firmware=firmware, ssh_port=port) as vm, shared_connection(target):
             out.accel = vm.accel
             monitor.log(f"boot test: SSH login as {out.user} on 127.0.0.1:{port} (NoCloud seed on a virtio disk)")
 
