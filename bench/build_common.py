@@ -105,8 +105,9 @@ def image_id(name: str) -> str:
     return f"/subscriptions/{SUB}/resourceGroups/bench/providers/Microsoft.Compute/images/{name}"
 
 
-def platform_source() -> dict:
-    return {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12-gen2", "version": "latest"}
+def platform_source(offer: str = "debian-12") -> dict:
+    sku = f"{offer.rsplit('-', 1)[-1]}-gen2"  # debian-12 -> 12-gen2
+    return {"type": "PlatformImage", "publisher": "Debian", "offer": offer, "sku": sku, "version": "latest"}
 
 
 def managed_image_target(name: str) -> dict:
