@@ -10,10 +10,9 @@ template is gone, then 204. Every error is ARM-shaped (kiln.api.errors).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,10 +21,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiln import ids
 from kiln.api import identity, metadata
 from kiln.api.errors import ArmError, from_kiln_error
+from kiln.api.guard import json_object
 from kiln.api.quota import RunQuota
 from kiln.api.service import PROVIDER, Service, operation_path
 from kiln.errors import KilnError
@@ -38,7 +39,6 @@ log = logging.getLogger("kiln.api")
 P = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.VirtualMachineImages/imageTemplates"
 OPS = "/subscriptions/{sub}/providers/Microsoft.VirtualMachineImages/locations/{loc}"
 LOG_CHUNK = 64 * 1024
-CallNext = Callable[[Request], Awaitable[Response]]
 _CANONICAL = {w.lower(): w for w in ("subscriptions", "resourceGroups", "providers", PROVIDER, "imageTemplates",
                                      "runOutputs", "runs", "log", "run", "cancel", "locations", "operations",
                                      "operationResults", "Microsoft.Compute", "Microsoft.DevTestLab", "triggers", "customimages")}
@@ -84,18 +84,7 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse(ArmError(500, "InternalServerError", f"internal error: {type(e).__name__}").body(),
                             status_code=500)
 
-    @app.middleware("http")
-    async def canonical_path(request: Request, call_next: CallNext) -> Response:
-        # ARM's paths are case-insensitive (`resourcegroups`, `microsoft.virtualmachineimages`).
-        request.scope["path"] = "/".join(_CANONICAL.get(p.lower(), p) for p in request.scope["path"].split("/"))
-        return await call_next(request)
-
-    @app.middleware("http")
-    async def body_limit(request: Request, call_next: CallNext) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body):
-            return JSONResponse(_too_large(max_body).body(), status_code=413)
-        return await call_next(request)
+    app.add_middleware(ArmRequests, max_body=max_body)
 
     # ---------------------------------------------------------------- the guard of every route
 
@@ -141,20 +130,6 @@ def create_app(service: Service) -> FastAPI:
         rec = service.resources().get(rid)
         return "".join(str((rec.body if rec else {}).get("location", "global")).lower().split())
 
-    async def json_body(request: Request) -> dict[str, Any]:
-        data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > max_body:
-                raise _too_large(max_body)
-        try:
-            body = json.loads(data)
-        except ValueError as e:
-            raise ArmError(400, "InvalidRequestContent", f"the request body is not JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise ArmError(400, "InvalidRequestContent", "the request body must be a JSON object")
-        return body
-
     # ---------------------------------------------------------------- image templates
 
     @app.get("/subscriptions/{sub}/providers/Microsoft.VirtualMachineImages/imageTemplates")
@@ -171,7 +146,7 @@ def create_app(service: Service) -> FastAPI:
     async def create_or_update(request: Request, sub: str, rg: str, name: str) -> Response:
         token = guard(request, sub, write=True)
         rid = template_id(sub, rg, name)
-        body = await json_body(request)
+        body = await json_object(request)
         status, out, op = await run_in_threadpool(
             quota.put, token.name, body, service.resources().get(rid) is None,
             lambda: service.put(rid, body, request.query_params["api-version"], token.name, base(request)),
@@ -183,7 +158,7 @@ def create_app(service: Service) -> FastAPI:
     async def update(request: Request, sub: str, rg: str, name: str) -> Response:
         token = guard(request, sub, write=True)
         rid = template_id(sub, rg, name)
-        body = await json_body(request)
+        body = await json_object(request)
         return JSONResponse(await run_in_threadpool(service.patch, rid, body, token.name, base(request)))
 
     @app.get(P + "/{name}")
@@ -263,8 +238,49 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
+class ArmRequests:
+    """What every request goes through first, as a plain ASGI layer (no per-request task or copy):
+
+    - ARM's paths are case-insensitive (`resourcegroups`, `microsoft.virtualmachineimages`): the
+      path's known words are given their canonical case, so the routes match;
+    - a body larger than `max_body` is refused with ARM's 413, on its Content-Length before it is
+      read, and, without one (chunked), as soon as the bytes received pass the limit: no route reads
+      more than the limit, whatever route it is (templates, triggers, PATCH, ...).
+    """
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope["path"] = "/".join(_CANONICAL.get(p.lower(), p) for p in scope["path"].split("/"))
+        limit = self.max_body
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+                e = _too_large(limit)
+                await JSONResponse(e.body(), status_code=413, headers=e.headers)(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _too_large(limit)  # the route's read fails: ARM's 413 through the ArmError handler
+            return message
+
+        await self.app(scope, limited, send)
+
+
 def _too_large(limit: int) -> ArmError:
-    return ArmError(413, "RequestEntityTooLarge", f"the request body is larger than this server's limit of {limit} bytes")
+    # Connection: close, so the server stops reading there (else uvicorn reads and drops the rest to keep it alive).
+    return ArmError(413, "RequestEntityTooLarge", f"the request body is larger than this server's limit of {limit} bytes",
+                    headers={"Connection": "close"})
 
 
 def _follow(service: Service, run_id: str, path: str) -> Iterator[bytes]:

@@ -10,6 +10,7 @@ a reader notices), and refuses a malformed or later one with ARM's `InvalidApiVe
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -52,6 +53,18 @@ def api_version(request: Request, newest: str, known: tuple[str, ...] = ()) -> s
         raise ArmError(400, "InvalidApiVersionParameter",
                        f"The api-version '{version}' is invalid. The supported versions are '{supported}'.")
     return version
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The request's body as a JSON object (else ARM's 400). Its size is limited before it gets
+    here: kiln.api.app.ArmRequests refuses a body past the server's limit while it streams in."""
+    try:
+        body = json.loads(await request.body())
+    except ValueError as e:
+        raise ArmError(400, "InvalidRequestContent", f"the request body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ArmError(400, "InvalidRequestContent", "the request body must be a JSON object")
+    return body
 
 
 def listing(values: list[dict[str, Any]]) -> dict[str, Any]:
