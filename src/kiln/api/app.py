@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kiln import ids
 from kiln.api import identity, metadata
 from kiln.api.errors import ArmError, from_kiln_error
-from kiln.api.guard import json_object
+from kiln.api.guard import authorize, json_object, listing
 from kiln.api.quota import RunQuota
 from kiln.api.service import PROVIDER, Service, operation_path
 from kiln.errors import KilnError
@@ -89,19 +89,7 @@ def create_app(service: Service) -> FastAPI:
     # ---------------------------------------------------------------- the guard of every route
 
     def guard(request: Request, sub: str, *, write: bool = False) -> Token:
-        header = request.headers.get("authorization", "")
-        if not header:
-            raise ArmError(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
-        scheme, _, secret = header.partition(" ")
-        token = identity.authenticate(Tokens(service.store().catalog), keys, secret.strip()) \
-            if scheme.lower() == "bearer" else None
-        if token is None:
-            raise ArmError(401, "InvalidAuthenticationToken", "The access token is invalid.")
-        action = f"{PROVIDER}/imageTemplates/{'write' if write else 'read'}"
-        if not token.allows(sub) or (write and token.read_only):
-            raise ArmError(403, "AuthorizationFailed",
-                           f"The client '{token.name}' does not have authorization to perform action '{action}' "
-                           f"over scope '/subscriptions/{sub}' or the scope is invalid.")
+        token = authorize(service, request, sub, f"{PROVIDER}/imageTemplates/{'write' if write else 'read'}", write=write)
         version = request.query_params.get("api-version")
         if not version:
             raise ArmError(400, "MissingApiVersionParameter",
@@ -135,12 +123,13 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/subscriptions/{sub}/providers/Microsoft.VirtualMachineImages/imageTemplates")
     def list_by_subscription(request: Request, sub: str) -> dict[str, Any]:
         guard(request, sub)
-        return service.templates(base(request), sub)
+        return listing(service, request, service.resources().templates(sub), lambda t: service.render(t, base(request)))
 
     @app.get(P)
     def list_by_resource_group(request: Request, sub: str, rg: str) -> dict[str, Any]:
         guard(request, sub)
-        return service.templates(base(request), sub, rg)
+        return listing(service, request, service.resources().templates(sub, rg),
+                       lambda t: service.render(t, base(request)))
 
     @app.put(P + "/{name}")
     async def create_or_update(request: Request, sub: str, rg: str, name: str) -> Response:
@@ -193,7 +182,7 @@ def create_app(service: Service) -> FastAPI:
     @app.get(P + "/{name}/runOutputs")
     def run_outputs(request: Request, sub: str, rg: str, name: str) -> dict[str, Any]:
         guard(request, sub)
-        return {"value": service.run_outputs(template_id(sub, rg, name))}
+        return listing(service, request, service.run_outputs(template_id(sub, rg, name)), lambda o: o)
 
     @app.get(P + "/{name}/runOutputs/{out}")
     def run_output(request: Request, sub: str, rg: str, name: str, out: str) -> dict[str, Any]:

@@ -146,9 +146,6 @@ class Service:
     def get(self, rid: ResourceId, base: str) -> dict[str, Any]:
         return self.render(self._existing(rid), base)
 
-    def templates(self, base: str, subscription: str, resource_group: str | None = None) -> dict[str, Any]:
-        return {"value": [self.render(r, base) for r in self.resources().templates(subscription, resource_group)]}
-
     def put(self, rid: ResourceId, body: dict[str, Any], api_version: str, who: str, base: str) -> tuple[int, dict[str, Any], Operation | None]:
         """Create (201 and an operation) or confirm an identical template (200)."""
         clean = {k: body[k] for k in WRITABLE if k in body}

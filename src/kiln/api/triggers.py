@@ -121,7 +121,7 @@ def router(service: Service) -> APIRouter:
         allow(request, sub)
         template = template_of(sub, rg, name)
         found = [live(template, t) for t in Triggers(service.store().catalog).list(template.id)]
-        return listing([trigger_json(t) for t in found if t is not None])
+        return listing(service, request, [t for t in found if t is not None], trigger_json)
 
     @r.get(P + "/{trigger}")
     def get_trigger(request: Request, sub: str, rg: str, name: str, trigger: str) -> dict[str, Any]:
