@@ -151,9 +151,10 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse(await run_in_threadpool(service.patch, rid, body, token.name, base(request)))
 
     @app.get(P + "/{name}")
-    async def get(request: Request, sub: str, rg: str, name: str) -> Response:
-        # The hot reads answer on the event loop: their work (a few indexed SQLite reads on this
-        # thread's connection, WAL: never blocked by a build's writes) costs less than a hop to a thread.
+    def get(request: Request, sub: str, rg: str, name: str) -> Response:
+        # The reads answer a JSONResponse of plain JSON: FastAPI's jsonable_encoder and response model
+        # would walk the body again. They stay on the threadpool (sync routes): a read can wait on the
+        # catalog's write lock (runs.reap() marks a dead run Failed), which must not stall the event loop.
         guard(request, sub)
         return JSONResponse(service.get(template_id(sub, rg, name), base(request)))
 
@@ -182,12 +183,12 @@ def create_app(service: Service) -> FastAPI:
         return Response(status_code=202, headers=async_headers(request, sub, location_of(rid), op.id, "operations"))
 
     @app.get(P + "/{name}/runOutputs")
-    async def run_outputs(request: Request, sub: str, rg: str, name: str) -> Response:
+    def run_outputs(request: Request, sub: str, rg: str, name: str) -> Response:
         guard(request, sub)
         return JSONResponse(listing(service, request, service.run_outputs(template_id(sub, rg, name)), lambda o: o))
 
     @app.get(P + "/{name}/runOutputs/{out}")
-    async def run_output(request: Request, sub: str, rg: str, name: str, out: str) -> Response:
+    def run_output(request: Request, sub: str, rg: str, name: str, out: str) -> Response:
         guard(request, sub)
         return JSONResponse(service.run_output(template_id(sub, rg, name), out))
 
@@ -209,7 +210,7 @@ def create_app(service: Service) -> FastAPI:
     # ---------------------------------------------------------------- operations
 
     @app.get(OPS + "/operations/{op_id}")
-    async def operation_status(request: Request, sub: str, loc: str, op_id: str) -> Response:
+    def operation_status(request: Request, sub: str, loc: str, op_id: str) -> Response:
         guard(request, sub)
         status = service.operation(sub, op_id, loc)
         # The poller waits what Retry-After says, else 30 s: one second while the operation runs.
