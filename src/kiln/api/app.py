@@ -5,7 +5,9 @@ subscriptions; read-only tokens only GET), then needs an `api-version` kiln read
 operations follow ARM's asynchronous pattern as azure-core's poller reads it: PUT answers 201 and
 run/cancel 202 with `Azure-AsyncOperation` (a status resource: InProgress, then Succeeded, Failed
 or Canceled) and `Retry-After: 1`; DELETE answers 202 with a `Location` that answers 202 until the
-template is gone, then 204. Every error is ARM-shaped (kiln.api.errors).
+template is gone, then 204. Every error is ARM-shaped (kiln.api.errors). Lists answer pages with a
+`nextLink` (kiln.api.guard.listing); a body past the server's limit is refused while it streams in
+(ArmRequests, below).
 """
 
 from __future__ import annotations
