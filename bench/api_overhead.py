@@ -15,6 +15,7 @@
    The build that runs under the storm is compared with the unloaded ones (its pipeline time).
 
     .venv/bin/python bench/api_overhead.py            # --runs 1 --rounds 5 --home DIR (reuse a root cache)
+    .venv/bin/python bench/api_overhead.py --no-validate   # builds without their boot test, on both sides
 
 The root cache is taken from the tests' (KILN_TEST_CACHE, default /var/tmp/kiln-test-cache) when
 it is there; else the first build bootstraps one (not counted: a warm-up build runs first).
@@ -106,11 +107,14 @@ class Built:
         return self.wall - self.pipeline
 
 
+NO_VALIDATE: list[str] = []  # ["--no-validate"]: both sides skip the boot test (a loaded host's boots time out)
+
+
 def cli_build(home: Path, work: Path, name: str) -> Built:
     path = work / f"{name}.json"
     path.write_text(json.dumps(template(name)))
     t0 = time.monotonic()
-    subprocess.run([*KILN, "--home", str(home), "build", str(path)], check=True, capture_output=True)
+    subprocess.run([*KILN, "--home", str(home), "build", str(path), *NO_VALIDATE], check=True, capture_output=True)
     wall = time.monotonic() - t0
     pipeline, state = last_run(home, name)
     assert state == "Succeeded", state
@@ -203,7 +207,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="rounds of 200 concurrent GETs per row")
     ap.add_argument("--conns", type=int, default=200)
     ap.add_argument("--home", type=Path, help="a kiln state home to use (kept); default: a temporary one")
+    ap.add_argument("--no-validate", action="store_true", help="builds skip the boot test (kiln build and kiln serve)")
     args = ap.parse_args()
+    if args.no_validate:
+        NO_VALIDATE.append("--no-validate")
 
     work = Path(tempfile.mkdtemp(prefix="kiln-bench-api-", dir="/var/tmp"))
     home = args.home or work / "home"
@@ -212,7 +219,7 @@ def main() -> None:
         (home / "cache").symlink_to(TEST_CACHE)  # the tests' root cache: no bootstrap
     port, peer_port = free_port(), free_port()
     log = work / "serve.log"
-    server = subprocess.Popen([*KILN, "--home", str(home), "serve", "--port", str(port)],
+    server = subprocess.Popen([*KILN, "--home", str(home), "serve", "--port", str(port), *NO_VALIDATE],
                               stdout=subprocess.DEVNULL, stderr=log.open("w"))
     peer = None
     try:

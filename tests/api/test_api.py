@@ -215,6 +215,39 @@ def test_bad_bodies_are_4xx_not_5xx(server, token) -> None:
     conn.close()
 
 
+def test_every_body_taking_route_stops_reading_past_the_limit(server, token) -> None:
+    """Without a Content-Length (chunked), a body is refused once the bytes received pass the limit,
+    on template PUT and PATCH and on a trigger's PUT alike: the server answers ARM's 413 while the
+    client is still sending, so it never reads the rest."""
+    client = server.client(token)
+    client.virtual_machine_image_templates.begin_create_or_update(RG, "big", template()).result()
+    base = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.VirtualMachineImages/imageTemplates"
+    limit = 4 * 1024 * 1024
+    chunk = b" " * (256 * 1024)
+    for method, path in (("PUT", f"{base}/big2"), ("PATCH", f"{base}/big"), ("PUT", f"{base}/big/triggers/t")):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        conn.putrequest(method, f"{path}?api-version={API_VERSION}")
+        for k, v in {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+                     "Transfer-Encoding": "chunked"}.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        sent = 0
+        try:
+            conn.send(b"%x\r\n{\r\n" % 1)
+            while sent < 8 * limit:  # far past the limit: a server reading it all would take it all
+                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed while we were still sending
+        r = conn.getresponse()
+        assert r.status == 413, (method, path, r.status)
+        assert json.loads(r.read())["error"]["code"] == "RequestEntityTooLarge"
+        assert sent < 8 * limit, "the server read the whole body before refusing it"
+        conn.close()
+    assert client.virtual_machine_image_templates.get(RG, "big").tags == {"team": "kiln"}  # PATCH changed nothing
+    client.virtual_machine_image_templates.begin_delete(RG, "big").result()
+
+
 def test_plain_http_only_on_loopback(tmp_path) -> None:
     public = kiln(tmp_path, "serve", "--insecure-http", "--host", "0.0.0.0", "--port", "1", check=False)
     assert public.returncode == 2 and "loopback" in public.stderr and "Traceback" not in public.stderr

@@ -5,27 +5,29 @@ subscriptions; read-only tokens only GET), then needs an `api-version` kiln read
 operations follow ARM's asynchronous pattern as azure-core's poller reads it: PUT answers 201 and
 run/cancel 202 with `Azure-AsyncOperation` (a status resource: InProgress, then Succeeded, Failed
 or Canceled) and `Retry-After: 1`; DELETE answers 202 with a `Location` that answers 202 until the
-template is gone, then 204. Every error is ARM-shaped (kiln.api.errors).
+template is gone, then 204. Every error is ARM-shaped (kiln.api.errors). Lists answer pages with a
+`nextLink` (kiln.api.guard.listing); a body past the server's limit is refused while it streams in
+(ArmRequests, below).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiln import ids
 from kiln.api import identity, metadata
 from kiln.api.errors import ArmError, from_kiln_error
+from kiln.api.guard import authorize, json_object, listing
 from kiln.api.quota import RunQuota
 from kiln.api.service import PROVIDER, Service, operation_path
 from kiln.errors import KilnError
@@ -38,7 +40,6 @@ log = logging.getLogger("kiln.api")
 P = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.VirtualMachineImages/imageTemplates"
 OPS = "/subscriptions/{sub}/providers/Microsoft.VirtualMachineImages/locations/{loc}"
 LOG_CHUNK = 64 * 1024
-CallNext = Callable[[Request], Awaitable[Response]]
 _CANONICAL = {w.lower(): w for w in ("subscriptions", "resourceGroups", "providers", PROVIDER, "imageTemplates",
                                      "runOutputs", "runs", "log", "run", "cancel", "locations", "operations",
                                      "operationResults", "Microsoft.Compute", "Microsoft.DevTestLab", "triggers", "customimages")}
@@ -84,35 +85,12 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse(ArmError(500, "InternalServerError", f"internal error: {type(e).__name__}").body(),
                             status_code=500)
 
-    @app.middleware("http")
-    async def canonical_path(request: Request, call_next: CallNext) -> Response:
-        # ARM's paths are case-insensitive (`resourcegroups`, `microsoft.virtualmachineimages`).
-        request.scope["path"] = "/".join(_CANONICAL.get(p.lower(), p) for p in request.scope["path"].split("/"))
-        return await call_next(request)
-
-    @app.middleware("http")
-    async def body_limit(request: Request, call_next: CallNext) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body):
-            return JSONResponse(_too_large(max_body).body(), status_code=413)
-        return await call_next(request)
+    app.add_middleware(ArmRequests, max_body=max_body)
 
     # ---------------------------------------------------------------- the guard of every route
 
     def guard(request: Request, sub: str, *, write: bool = False) -> Token:
-        header = request.headers.get("authorization", "")
-        if not header:
-            raise ArmError(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
-        scheme, _, secret = header.partition(" ")
-        token = identity.authenticate(Tokens(service.store().catalog), keys, secret.strip()) \
-            if scheme.lower() == "bearer" else None
-        if token is None:
-            raise ArmError(401, "InvalidAuthenticationToken", "The access token is invalid.")
-        action = f"{PROVIDER}/imageTemplates/{'write' if write else 'read'}"
-        if not token.allows(sub) or (write and token.read_only):
-            raise ArmError(403, "AuthorizationFailed",
-                           f"The client '{token.name}' does not have authorization to perform action '{action}' "
-                           f"over scope '/subscriptions/{sub}' or the scope is invalid.")
+        token = authorize(service, request, sub, f"{PROVIDER}/imageTemplates/{'write' if write else 'read'}", write=write)
         version = request.query_params.get("api-version")
         if not version:
             raise ArmError(400, "MissingApiVersionParameter",
@@ -141,37 +119,25 @@ def create_app(service: Service) -> FastAPI:
         rec = service.resources().get(rid)
         return "".join(str((rec.body if rec else {}).get("location", "global")).lower().split())
 
-    async def json_body(request: Request) -> dict[str, Any]:
-        data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > max_body:
-                raise _too_large(max_body)
-        try:
-            body = json.loads(data)
-        except ValueError as e:
-            raise ArmError(400, "InvalidRequestContent", f"the request body is not JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise ArmError(400, "InvalidRequestContent", "the request body must be a JSON object")
-        return body
-
     # ---------------------------------------------------------------- image templates
 
     @app.get("/subscriptions/{sub}/providers/Microsoft.VirtualMachineImages/imageTemplates")
-    def list_by_subscription(request: Request, sub: str) -> dict[str, Any]:
+    def list_by_subscription(request: Request, sub: str) -> Response:
         guard(request, sub)
-        return service.templates(base(request), sub)
+        return JSONResponse(listing(service, request, service.resources().templates(sub),
+                                    lambda t: service.render(t, base(request))))
 
     @app.get(P)
-    def list_by_resource_group(request: Request, sub: str, rg: str) -> dict[str, Any]:
+    def list_by_resource_group(request: Request, sub: str, rg: str) -> Response:
         guard(request, sub)
-        return service.templates(base(request), sub, rg)
+        return JSONResponse(listing(service, request, service.resources().templates(sub, rg),
+                                    lambda t: service.render(t, base(request))))
 
     @app.put(P + "/{name}")
     async def create_or_update(request: Request, sub: str, rg: str, name: str) -> Response:
         token = guard(request, sub, write=True)
         rid = template_id(sub, rg, name)
-        body = await json_body(request)
+        body = await json_object(request)
         status, out, op = await run_in_threadpool(
             quota.put, token.name, body, service.resources().get(rid) is None,
             lambda: service.put(rid, body, request.query_params["api-version"], token.name, base(request)),
@@ -183,13 +149,16 @@ def create_app(service: Service) -> FastAPI:
     async def update(request: Request, sub: str, rg: str, name: str) -> Response:
         token = guard(request, sub, write=True)
         rid = template_id(sub, rg, name)
-        body = await json_body(request)
+        body = await json_object(request)
         return JSONResponse(await run_in_threadpool(service.patch, rid, body, token.name, base(request)))
 
     @app.get(P + "/{name}")
-    def get(request: Request, sub: str, rg: str, name: str) -> dict[str, Any]:
+    def get(request: Request, sub: str, rg: str, name: str) -> Response:
+        # The reads answer a JSONResponse of plain JSON: FastAPI's jsonable_encoder and response model
+        # would walk the body again. They stay on the threadpool (sync routes): a read can wait on the
+        # catalog's write lock (runs.reap() marks a dead run Failed), which must not stall the event loop.
         guard(request, sub)
-        return service.get(template_id(sub, rg, name), base(request))
+        return JSONResponse(service.get(template_id(sub, rg, name), base(request)))
 
     @app.delete(P + "/{name}")
     def delete(request: Request, sub: str, rg: str, name: str) -> Response:
@@ -216,14 +185,14 @@ def create_app(service: Service) -> FastAPI:
         return Response(status_code=202, headers=async_headers(request, sub, location_of(rid), op.id, "operations"))
 
     @app.get(P + "/{name}/runOutputs")
-    def run_outputs(request: Request, sub: str, rg: str, name: str) -> dict[str, Any]:
+    def run_outputs(request: Request, sub: str, rg: str, name: str) -> Response:
         guard(request, sub)
-        return {"value": service.run_outputs(template_id(sub, rg, name))}
+        return JSONResponse(listing(service, request, service.run_outputs(template_id(sub, rg, name)), lambda o: o))
 
     @app.get(P + "/{name}/runOutputs/{out}")
-    def run_output(request: Request, sub: str, rg: str, name: str, out: str) -> dict[str, Any]:
+    def run_output(request: Request, sub: str, rg: str, name: str, out: str) -> Response:
         guard(request, sub)
-        return service.run_output(template_id(sub, rg, name), out)
+        return JSONResponse(service.run_output(template_id(sub, rg, name), out))
 
     @app.get(P + "/{name}/runs/{run_id}/log")
     def run_log(request: Request, sub: str, rg: str, name: str, run_id: str) -> Response:
@@ -263,8 +232,49 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
+class ArmRequests:
+    """What every request goes through first, as a plain ASGI layer (no per-request task or copy):
+
+    - ARM's paths are case-insensitive (`resourcegroups`, `microsoft.virtualmachineimages`): the
+      path's known words are given their canonical case, so the routes match;
+    - a body larger than `max_body` is refused with ARM's 413, on its Content-Length before it is
+      read, and, without one (chunked), as soon as the bytes received pass the limit: no route reads
+      more than the limit, whatever route it is (templates, triggers, PATCH, ...).
+    """
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope["path"] = "/".join(_CANONICAL.get(p.lower(), p) for p in scope["path"].split("/"))
+        limit = self.max_body
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+                e = _too_large(limit)
+                await JSONResponse(e.body(), status_code=413, headers=e.headers)(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _too_large(limit)  # the route's read fails: ARM's 413 through the ArmError handler
+            return message
+
+        await self.app(scope, limited, send)
+
+
 def _too_large(limit: int) -> ArmError:
-    return ArmError(413, "RequestEntityTooLarge", f"the request body is larger than this server's limit of {limit} bytes")
+    # Connection: close, so the server stops reading there (else uvicorn reads and drops the rest to keep it alive).
+    return ArmError(413, "RequestEntityTooLarge", f"the request body is larger than this server's limit of {limit} bytes",
+                    headers={"Connection": "close"})
 
 
 def _follow(service: Service, run_id: str, path: str) -> Iterator[bytes]:

@@ -1,14 +1,18 @@
-"""One build of an API template, in a process of its own: `python -m kiln.api.child HOME TEMPLATE_ID`.
+"""One build of an API template, in a process of its own:
+`python -m kiln.api.child HOME TEMPLATE_ID [--parent PID] [--no-validate]`.
 
 The server's executor starts it as the leader of a new process group, so canceling a build is
 one signal to the group: SIGTERM reaches the pipeline (which records the run Canceled and removes
 its work directory, as on Ctrl-C) and every program it runs at once. Events go to stdout as JSON
 lines (the same events `kiln build --progress json` prints), the first of them naming the run.
+A child whose server (`--parent`) died before the build began does not begin it: the restarted
+server runs that queued run again.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -37,11 +41,17 @@ def main(argv: list[str]) -> int:
     from kiln.config import load_config
     from kiln.errors import KilnError
     from kiln.pipeline.build import build
+    from kiln.pipeline.context import BuildOptions
     from kiln.store.store import Store
 
     signal.signal(signal.SIGTERM, _sigterm)
     home, template_id = Path(argv[0]), ids.parse(argv[1], ids.IMAGE_TEMPLATE)
+    parent = int(argv[argv.index("--parent") + 1]) if "--parent" in argv else None
+    options = BuildOptions(validate="--no-validate" not in argv)
     config = load_config(home)
+    if parent is not None and os.getppid() != parent:
+        print("the kiln server that started this build is gone", file=sys.stderr)
+        return 3
     with Store.open(config) as store:
         resource = Resources(store.catalog).get(template_id)
         if resource is None:
@@ -49,7 +59,8 @@ def main(argv: list[str]) -> int:
             return 2
         try:
             template = load_body(resource.body, template_id, config)
-            build(template, config=config, store=store, monitor=ServerPipe(sys.stdout), template_id=template_id)
+            build(template, config=config, store=store, monitor=ServerPipe(sys.stdout), options=options,
+                  template_id=template_id)
         except KilnError as e:
             print(json.dumps({"kind": "error", "message": e.render()}), file=sys.stderr)
             return e.exit_code

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 
 from kiln import ids
 from kiln.api.errors import not_found
-from kiln.api.guard import api_version, authorize, in_scope, listing
+from kiln.api.guard import api_version, authorize, listing, scoped
 from kiln.api.service import Service
 from kiln.errors import KilnError
 from kiln.store.galleries import Gallery, GalleryImageDefinition, GalleryImageVersion, parse_version
@@ -143,13 +143,11 @@ def router(service: Service) -> APIRouter:
 
     @r.get(SUB + "/providers/Microsoft.Compute/images")
     def images_by_subscription(request: Request, sub: str) -> dict[str, Any]:
-        store = allow(request, sub)
-        return listing([image_json(i) for i in store.images.list() if in_scope(str(i.id), sub)])
+        return listing(service, request, scoped(allow(request, sub).images.list(), sub), image_json)
 
     @r.get(RG + "/providers/Microsoft.Compute/images")
     def images_by_resource_group(request: Request, sub: str, rg: str) -> dict[str, Any]:
-        store = allow(request, sub)
-        return listing([image_json(i) for i in store.images.list() if in_scope(str(i.id), sub, rg)])
+        return listing(service, request, scoped(allow(request, sub).images.list(), sub, rg), image_json)
 
     @r.get(RG + "/providers/Microsoft.Compute/images/{name}")
     def image(request: Request, sub: str, rg: str, name: str) -> dict[str, Any]:
@@ -163,13 +161,11 @@ def router(service: Service) -> APIRouter:
 
     @r.get(SUB + "/providers/Microsoft.Compute/galleries")
     def galleries_by_subscription(request: Request, sub: str) -> dict[str, Any]:
-        store = allow(request, sub)
-        return listing([gallery_json(g) for g in store.galleries.list() if in_scope(str(g.id), sub)])
+        return listing(service, request, scoped(allow(request, sub).galleries.list(), sub), gallery_json)
 
     @r.get(RG + "/providers/Microsoft.Compute/galleries")
     def galleries_by_resource_group(request: Request, sub: str, rg: str) -> dict[str, Any]:
-        store = allow(request, sub)
-        return listing([gallery_json(g) for g in store.galleries.list() if in_scope(str(g.id), sub, rg)])
+        return listing(service, request, scoped(allow(request, sub).galleries.list(), sub, rg), gallery_json)
 
     @r.get(GALLERY)
     def gallery(request: Request, sub: str, rg: str, gallery: str) -> dict[str, Any]:
@@ -179,7 +175,7 @@ def router(service: Service) -> APIRouter:
     def definitions(request: Request, sub: str, rg: str, gallery: str) -> dict[str, Any]:
         store = allow(request, sub)
         g = gallery_of(store, sub, rg, gallery)
-        return listing([definition_json(d, g.location) for d in store.galleries.list_definitions(g.id)])
+        return listing(service, request, store.galleries.list_definitions(g.id), lambda d: definition_json(d, g.location))
 
     @r.get(GALLERY + "/images/{definition}")
     def definition(request: Request, sub: str, rg: str, gallery: str, definition: str) -> dict[str, Any]:
@@ -192,7 +188,8 @@ def router(service: Service) -> APIRouter:
         store = allow(request, sub)
         d = definition_of(store, sub, rg, gallery, definition)
         location = gallery_of(store, sub, rg, gallery).location
-        return listing([version_json(store, v, location, replication=False) for v in store.galleries.list_versions(d.id)])
+        return listing(service, request, store.galleries.list_versions(d.id),
+                       lambda v: version_json(store, v, location, replication=False))
 
     @r.get(GALLERY + "/images/{definition}/versions/{version}")
     def version(request: Request, sub: str, rg: str, gallery: str, definition: str, version: str) -> dict[str, Any]:

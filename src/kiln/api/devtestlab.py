@@ -19,8 +19,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from kiln import ids
-from kiln.api.errors import ArmError, not_found
-from kiln.api.guard import api_version, authorize, in_scope, listing
+from kiln.api.errors import not_found
+from kiln.api.guard import api_version, authorize, listing, scoped
 from kiln.api.service import Service
 from kiln.store.labs import Lab, LabCustomImage
 from kiln.store.store import Store
@@ -80,13 +80,11 @@ def router(service: Service) -> APIRouter:
 
     @r.get(SUB + "/providers/Microsoft.DevTestLab/labs")
     def labs_by_subscription(request: Request, sub: str) -> dict[str, Any]:
-        store = allow(request, sub)
-        return listing([lab_json(lab) for lab in store.labs.list() if in_scope(str(lab.id), sub)][:_top(request)])
+        return listing(service, request, scoped(allow(request, sub).labs.list(), sub), lab_json, top=True)
 
     @r.get(LABS)
     def labs_by_resource_group(request: Request, sub: str, rg: str) -> dict[str, Any]:
-        store = allow(request, sub)
-        return listing([lab_json(lab) for lab in store.labs.list() if in_scope(str(lab.id), sub, rg)][:_top(request)])
+        return listing(service, request, scoped(allow(request, sub).labs.list(), sub, rg), lab_json, top=True)
 
     @r.get(LABS + "/{lab}")
     def lab(request: Request, sub: str, rg: str, lab: str) -> dict[str, Any]:
@@ -96,7 +94,7 @@ def router(service: Service) -> APIRouter:
     def custom_images(request: Request, sub: str, rg: str, lab: str) -> dict[str, Any]:
         store = allow(request, sub)
         found = lab_of(store, sub, rg, lab)
-        return listing([custom_image_json(i) for i in store.labs.images(found.id)][:_top(request)])
+        return listing(service, request, store.labs.images(found.id), custom_image_json, top=True)
 
     @r.get(LABS + "/{lab}/customimages/{name}")
     def custom_image(request: Request, sub: str, rg: str, lab: str, name: str) -> dict[str, Any]:
@@ -108,13 +106,3 @@ def router(service: Service) -> APIRouter:
         return custom_image_json(image)
 
     return r
-
-
-def _top(request: Request) -> int | None:
-    """OData's $top: at most that many (a positive integer), else ARM's 400."""
-    top = request.query_params.get("$top")
-    if top is None:
-        return None
-    if not top.isdigit() or int(top) < 1:
-        raise ArmError(400, "InvalidQueryParameterValue", f"$top must be a positive integer, not {top!r}")
-    return int(top)

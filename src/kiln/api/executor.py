@@ -49,8 +49,10 @@ OnDone = Callable[[Job, int], None]
 
 
 class ChildProcessExecutor:
-    def __init__(self, home: Path, on_event: OnEvent, on_done: OnDone, workers: int = 1) -> None:
+    def __init__(self, home: Path, on_event: OnEvent, on_done: OnDone, workers: int = 1,
+                 child_args: tuple[str, ...] = ()) -> None:
         self.home = home
+        self.child_args = child_args  # kiln.api.child's options (--no-validate)
         self.on_event = on_event
         self.on_done = on_done
         self._queue: queue.Queue[Job | None] = queue.Queue()
@@ -126,7 +128,8 @@ class ChildProcessExecutor:
                 start = False
             else:
                 start = True
-                proc = spawn([sys.executable, "-m", "kiln.api.child", str(self.home), job.template_id],
+                proc = spawn([sys.executable, "-m", "kiln.api.child", str(self.home), job.template_id,
+                              "--parent", str(os.getpid()), *self.child_args],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, session=True)
                 job.pid = proc.pid
         if not start:

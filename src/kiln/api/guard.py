@@ -10,8 +10,11 @@ a reader notices), and refuses a malformed or later one with ARM's `InvalidApiVe
 
 from __future__ import annotations
 
+import base64
+import json
 import re
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from fastapi import Request
 
@@ -20,6 +23,7 @@ from kiln.api.errors import ArmError
 from kiln.api.service import Service
 from kiln.store.tokens import Token, Tokens
 
+T = TypeVar("T")
 _API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview|-beta|-privatepreview)?$")
 
 
@@ -54,9 +58,58 @@ def api_version(request: Request, newest: str, known: tuple[str, ...] = ()) -> s
     return version
 
 
-def listing(values: list[dict[str, Any]]) -> dict[str, Any]:
-    """One page holding everything (no nextLink: the SDK's pager stops there)."""
-    return {"value": values}
+async def json_object(request: Request) -> dict[str, Any]:
+    """The request's body as a JSON object (else ARM's 400). Its size is limited before it gets
+    here: kiln.api.app.ArmRequests refuses a body past the server's limit while it streams in."""
+    try:
+        body = json.loads(await request.body())
+    except ValueError as e:
+        raise ArmError(400, "InvalidRequestContent", f"the request body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ArmError(400, "InvalidRequestContent", "the request body must be a JSON object")
+    return body
+
+
+def listing(service: Service, request: Request, items: Sequence[T], render: Callable[[T], dict[str, Any]],
+            *, top: bool = False) -> dict[str, Any]:
+    """One page of a list, as ARM pages it: `{"value": [...], "nextLink": URL}`, at most the server's
+    page size (ServeSettings.page_size) of `items` rendered, and while more follow a nextLink, this
+    request's URL with an opaque `$skipToken`, which the SDK's pagers follow. With `top` (the lists
+    whose ARM operation takes OData's $top) at most $top items in all."""
+    limit = len(items)
+    if top and (given := request.query_params.get("$top")) is not None:
+        if not given.isdigit() or int(given) < 1:
+            raise ArmError(400, "InvalidQueryParameterValue", f"$top must be a positive integer, not {given!r}")
+        limit = min(limit, int(given))
+    start = _offset(request.query_params.get("$skipToken") or request.query_params.get("$skiptoken"))
+    end = min(start + service.settings.page_size, limit)
+    page: dict[str, Any] = {"value": [render(i) for i in items[start:end]]}
+    if end < limit:
+        token = base64.urlsafe_b64encode(f"kiln:{end}".encode()).decode().rstrip("=")
+        page["nextLink"] = str(request.url.remove_query_params(["$skipToken", "$skiptoken"])
+                               .include_query_params(**{"$skipToken": token}))
+    return page
+
+
+def _offset(token: str | None) -> int:
+    """Where a `$skipToken` that listing() wrote goes on from (anything else: ARM's 400)."""
+    if token is None:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except ValueError:
+        text = ""
+    kind, _, n = text.partition(":")
+    if kind != "kiln" or not n.isdigit():
+        raise ArmError(400, "InvalidQueryParameterValue", f"$skipToken {token!r} is not one this server gave",
+                       [{"code": "InvalidQueryParameterValue", "target": "$skipToken",
+                         "message": "follow the nextLink of the previous page as it is"}])
+    return int(n)
+
+
+def scoped(items: Iterable[T], subscription: str, resource_group: str | None = None) -> list[T]:
+    """The items (each with an `id`) that lie in a subscription (and resource group)."""
+    return [i for i in items if in_scope(str(i.id), subscription, resource_group)]  # type: ignore[attr-defined]
 
 
 def in_scope(resource_id: str, subscription: str, resource_group: str | None = None) -> bool:

@@ -8,7 +8,8 @@ process, the store) and sees the same events. Azure's rules live here:
   update templates); tags, identity, distribute and vmProfile change through PATCH;
 - one run at a time per template; a template whose build runs cannot be deleted until canceled;
 - deleting a template leaves what its runs distributed; `autoRun` starts a run on create;
-- after a restart, a run the previous server left in progress is Failed, saying why.
+- after a restart (or a stop), a run whose build had started is Failed, saying why; runs still
+  waiting for a worker stay queued and are submitted again, in their order, when the server starts.
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ class Service:
         self._stores: list[Store] = []
         self._lock = threading.Lock()
         self.stopping = False
-        self.recover()
-        self.executor = executor or ChildProcessExecutor(config.home, self._on_event, self._on_done, settings.workers)
+        queued = self.recover()
+        self.executor = executor or ChildProcessExecutor(config.home, self._on_event, self._on_done, settings.workers,
+                                                         child_args=() if settings.validate else ("--no-validate",))
+        self._requeue(queued)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -72,38 +75,76 @@ class Service:
         return Resources(self.store().catalog)
 
     def close(self) -> None:
-        """Stop the builds (each run in progress ends Failed, saying the server stopped)."""
+        """Stop the builds (each run whose build had started ends Failed, saying the server stopped);
+        queued runs stay queued for the next start."""
         self.stopping = True
         self.executor.shutdown()
         for op in self.resources().in_progress():
-            self._fail_left_over(op, STOPPED)
+            if op.kind != "run" or self._started(op):
+                self._fail_left_over(op, STOPPED)
         with self._lock:
             for s in self._stores:
                 s.close()
 
-    def recover(self) -> None:
-        """At start-up: what a previous server left in progress is Failed (its build stopped first)."""
+    def recover(self) -> list[Operation]:
+        """At start-up: a run whose build a previous server had started is Failed (its build stopped
+        first); the runs that were still queued are returned, oldest first, to be submitted again."""
+        queued = []
         for op in self.resources().in_progress():
-            self._fail_left_over(op, RESTARTED)
+            if op.kind == "run" and not self._started(op):
+                queued.append(op)
+            else:
+                self._fail_left_over(op, RESTARTED)
+        return queued
+
+    def _requeue(self, queued: list[Operation]) -> None:
+        res = self.resources()
+        for op in queued:
+            rec = res.get(ids.parse(op.template_key))
+            if rec is None:  # cannot happen through the API (a building template cannot be deleted): say so anyway
+                res.end_operation(op.id, "Failed", {"code": "ServerRestarted", "message": "its template is gone"})
+            else:
+                self.executor.submit(Job(op.id, str(rec.id)))
+
+    def _started(self, op: Operation) -> str:
+        """The run of an operation whose build has started, else "". The child's first event names
+        it (op.run_id), but a server killed before that event arrived leaves a run the child created:
+        the template's run started since the operation (one run at a time per template)."""
+        if op.run_id:
+            return op.run_id
+        row = self.store().catalog.one("SELECT run_id FROM runs WHERE template_key = ? AND start_time >= ? "
+                                       "ORDER BY start_time LIMIT 1", (op.template_key, op.created))
+        if row is None:
+            return ""
+        self.resources().set_run(op.id, row["run_id"])
+        return str(row["run_id"])
 
     def _fail_left_over(self, op: Operation, why: str) -> None:
-        store = self.store()
-        if op.kind == "run" and op.run_id:
-            row = store.catalog.one("SELECT pid, pid_start, run_state FROM runs WHERE run_id = ?", (op.run_id,))
-            if row is not None and row["pid"] and pid_alive(row["pid"], row["pid_start"]):
-                _stop_group(row["pid"], row["pid_start"])
-            if row is not None:
-                store.runs.finish(op.run_id, "Failed", why)
-                shutil.rmtree(self.config.work_dir / op.run_id, ignore_errors=True)
-        self.resources().end_operation(op.id, "Failed", {"code": "ServerRestarted", "message": why})
+        """End an operation a server left behind. A build still alive is stopped and its run Failed;
+        one that ended on its own while no server watched keeps the state it recorded."""
+        store, res = self.store(), self.resources()
+        run_id = self._started(op) if op.kind == "run" else ""
+        row = store.catalog.one("SELECT pid, pid_start, run_state FROM runs WHERE run_id = ?", (run_id,)) if run_id else None
+        if row is None:
+            res.end_operation(op.id, "Failed", {"code": "ServerRestarted", "message": why})
+            return
+        alive = bool(row["pid"]) and pid_alive(row["pid"], row["pid_start"])
+        if alive:
+            _stop_group(row["pid"], row["pid_start"])
+        if alive or row["run_state"] not in FINAL_STATES:
+            store.runs.finish(run_id, "Failed", why)
+            shutil.rmtree(self.config.work_dir / run_id, ignore_errors=True)
+            res.end_operation(op.id, "Failed", {"code": "ServerRestarted", "message": why})
+        elif row["run_state"] in ("Succeeded", "PartiallySucceeded"):
+            res.end_operation(op.id, "Succeeded")
+        else:
+            run = store.runs.get(run_id)
+            res.end_operation(op.id, run.run_state, {"code": run.run_state, "message": run.message})
 
     # ------------------------------------------------------------------ templates
 
     def get(self, rid: ResourceId, base: str) -> dict[str, Any]:
         return self.render(self._existing(rid), base)
-
-    def templates(self, base: str, subscription: str, resource_group: str | None = None) -> dict[str, Any]:
-        return {"value": [self.render(r, base) for r in self.resources().templates(subscription, resource_group)]}
 
     def put(self, rid: ResourceId, body: dict[str, Any], api_version: str, who: str, base: str) -> tuple[int, dict[str, Any], Operation | None]:
         """Create (201 and an operation) or confirm an identical template (200)."""
@@ -236,8 +277,9 @@ class Service:
             shutil.rmtree(self.config.work_dir / run.run_id, ignore_errors=True)
             run = store.runs.get(run.run_id)
         if self.stopping:
-            if run is not None:
-                store.runs.finish(run.run_id, "Failed", STOPPED)
+            if run is None:  # never started: it stays queued for the next start (Service.recover)
+                return
+            store.runs.finish(run.run_id, "Failed", STOPPED)
             res.end_operation(op.id, "Failed", {"code": "ServerStopped", "message": STOPPED})
         elif run is None:
             if job.canceled:

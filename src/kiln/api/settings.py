@@ -26,6 +26,7 @@ from kiln.errors import InvalidInput, Problem
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024  # ARM's own limit on a request body
 DEFAULT_RUNS_PER_TOKEN = 10
+DEFAULT_PAGE_SIZE = 100
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class ServeSettings:
     insecure_http: bool = False
     local_roots: tuple[Path, ...] = ()
     max_runs_per_token: int = DEFAULT_RUNS_PER_TOKEN
+    validate: bool = True  # False: `kiln serve --no-validate`, builds skip the boot test (as kiln build's)
+    page_size: int = DEFAULT_PAGE_SIZE  # items in one page of a list; more get a nextLink
 
 
 def is_loopback(host: str) -> bool:

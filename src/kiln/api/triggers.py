@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from kiln import ids, triggers
 from kiln.api.errors import ArmError, from_kiln_error, not_found
-from kiln.api.guard import api_version, authorize, listing
+from kiln.api.guard import api_version, authorize, json_object, listing
 from kiln.api.resources import TemplateResource
 from kiln.api.service import PROVIDER, Service, operation_path
 from kiln.errors import KilnError
@@ -121,7 +121,7 @@ def router(service: Service) -> APIRouter:
         allow(request, sub)
         template = template_of(sub, rg, name)
         found = [live(template, t) for t in Triggers(service.store().catalog).list(template.id)]
-        return listing([trigger_json(t) for t in found if t is not None])
+        return listing(service, request, [t for t in found if t is not None], trigger_json)
 
     @r.get(P + "/{trigger}")
     def get_trigger(request: Request, sub: str, rg: str, name: str, trigger: str) -> dict[str, Any]:
@@ -135,7 +135,7 @@ def router(service: Service) -> APIRouter:
     @r.put(P + "/{trigger}")
     async def put_trigger(request: Request, sub: str, rg: str, name: str, trigger: str) -> Response:
         who = allow(request, sub, write=True)
-        body = await _body(request)
+        body = await json_object(request)
         return await run_in_threadpool(create, request, sub, rg, name, trigger, body, who)
 
     def create(request: Request, sub: str, rg: str, name: str, trigger: str, body: dict[str, Any], who: str) -> Response:
@@ -175,18 +175,6 @@ def router(service: Service) -> APIRouter:
         return Response(status_code=204)
 
     return r
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    import json
-
-    try:
-        body = json.loads(await request.body())
-    except ValueError as e:
-        raise ArmError(400, "InvalidRequestContent", f"the request body is not JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise ArmError(400, "InvalidRequestContent", "the request body must be a JSON object")
-    return body
 
 
 def _kind(body: dict[str, Any]) -> str:

@@ -24,11 +24,15 @@ if TYPE_CHECKING:
               help="Your PEM certificate (chain) for HTTPS (default: kiln's self-signed one in the state home).")
 @click.option("--tls-key", "--key", "key", type=click.Path(path_type=Path), default=None,
               help="The PEM private key of --tls-cert.")
+@click.option("--no-validate", is_flag=True,
+              help="Builds skip the boot test, as `kiln build --no-validate` (their images are marked unverified).")
+@click.option("--page-size", type=click.IntRange(1, 1000), default=None,
+              help="Items in one page of a list before a nextLink (default 100).")
 @click.option("--insecure-http", is_flag=True,
               help="Serve plain http (tokens travel in clear): allowed only on a loopback address.")
 @click.pass_context
 def serve_cmd(ctx: click.Context, host: str, port: int, workers: int, max_body: int | None, cert: Path | None,
-              key: Path | None, insecure_http: bool) -> None:
+              key: Path | None, no_validate: bool, page_size: int | None, insecure_http: bool) -> None:
     """Serve Azure VM Image Builder's REST API over HTTPS: the Azure SDK and az drive kiln unchanged.
 
     Without --tls-cert, kiln makes a self-signed certificate in the state home at the first start and
@@ -41,6 +45,7 @@ def serve_cmd(ctx: click.Context, host: str, port: int, workers: int, max_body: 
     assert app is not None
     from kiln.api.settings import (
         DEFAULT_MAX_BODY,
+        DEFAULT_PAGE_SIZE,
         ServeSettings,
         is_loopback,
         local_roots,
@@ -61,7 +66,8 @@ def serve_cmd(ctx: click.Context, host: str, port: int, workers: int, max_body: 
 
     settings = ServeSettings(host=host, port=port, workers=workers, max_body=max_body or DEFAULT_MAX_BODY,
                              insecure_http=insecure_http, local_roots=local_roots(app.config),
-                             max_runs_per_token=max_runs_per_token(app.config))
+                             max_runs_per_token=max_runs_per_token(app.config), validate=not no_validate,
+                             page_size=page_size or DEFAULT_PAGE_SIZE)
     service = Service(app.config, settings, monitor=make_monitor(app))
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"kiln: serving on {'http' if tls is None else 'https'}://{shown}:{port} (state home {app.config.home})",
