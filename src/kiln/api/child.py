@@ -13,6 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
+from kiln.config import Config
 from kiln.events import Event, JsonMonitor
 
 
@@ -40,6 +41,8 @@ def main(argv: list[str]) -> int:
     from kiln.store.store import Store
 
     signal.signal(signal.SIGTERM, _sigterm)
+    if argv[1] == "--job":  # a cluster worker's build: `HOME --job FILE` (kiln.cluster.engine.BuildRequest)
+        return _job(load_config(Path(argv[0])), Path(argv[2]))
     home, template_id = Path(argv[0]), ids.parse(argv[1], ids.IMAGE_TEMPLATE)
     config = load_config(home)
     with Store.open(config) as store:
@@ -50,6 +53,27 @@ def main(argv: list[str]) -> int:
         try:
             template = load_body(resource.body, template_id, config)
             build(template, config=config, store=store, monitor=ServerPipe(sys.stdout), template_id=template_id)
+        except KilnError as e:
+            print(json.dumps({"kind": "error", "message": e.render()}), file=sys.stderr)
+            return e.exit_code
+        except KeyboardInterrupt:
+            return 130
+    return 0
+
+
+def _job(config: Config, path: Path) -> int:
+    from kiln.cluster.engine import BuildRequest
+    from kiln.errors import KilnError
+    from kiln.pipeline.build import build
+    from kiln.store.store import Store
+
+    request = BuildRequest.read(path)
+    if request.kind == "api":
+        return main([str(config.home), request.template_id])
+    with Store.open(config) as store:
+        try:
+            template, options = request.load_document(config)
+            build(template, config=config, store=store, monitor=ServerPipe(sys.stdout), options=options)
         except KilnError as e:
             print(json.dumps({"kind": "error", "message": e.render()}), file=sys.stderr)
             return e.exit_code
