@@ -55,6 +55,9 @@ class Service:
         self._lock = threading.Lock()
         self.stopping = False
         self.recover()
+        if executor is None and config.cluster.queue:  # builds go to the cluster's workers (kiln.cluster)
+            from kiln.cluster.executor import RqExecutor
+            executor = RqExecutor(config, self._on_event, self._on_done)
         self.executor = executor or ChildProcessExecutor(config.home, self._on_event, self._on_done, settings.workers)
 
     # ------------------------------------------------------------------ plumbing
