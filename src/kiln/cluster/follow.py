@@ -43,7 +43,7 @@ def follow(redis: Redis, job_id: str, on_event: Callable[[dict[str, Any]], None]
     next_reap = time.monotonic() + REAP_EVERY_S
     while not stop():
         try:
-            batches = redis.xread({key: last}, block=BLOCK_MS, count=500)
+            batches: Any = redis.xread({key: last}, block=BLOCK_MS, count=500)  # [(stream, [(id, fields)])]
         except (redis_lib.exceptions.ConnectionError, redis_lib.exceptions.TimeoutError):
             time.sleep(1.0)  # Redis restarting: the stream is persisted, read on where we were
             continue

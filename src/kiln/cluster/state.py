@@ -66,7 +66,9 @@ def register_worker(r: Redis, name: str, caps: dict[str, Any], queues: list[str]
 
 
 def heartbeat(r: Redis, name: str, **fields: str) -> None:
-    r.hset(worker_key(name), mapping={"heartbeat": repr(time.time()), **fields})
+    mapping: dict[str | bytes, str | bytes] = {"heartbeat": repr(time.time())}
+    mapping.update(fields)
+    r.hset(worker_key(name), mapping=mapping)  # type: ignore[arg-type]  # redis-py's mapping type is invariant
 
 
 def unregister_worker(r: Redis, name: str) -> None:
