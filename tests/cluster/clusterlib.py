@@ -169,13 +169,14 @@ class Cluster:
         if w is None:
             w = Worker(name, self.home(name), self.root / f"scratch-{name}", self.root / f"{name}.log")
             self.workers[name] = w
+        started_before = sum(line.startswith(f"worker {name}:") for line in w.lines())
         w._out = w.log.open("a")
         env = {**os.environ, "KILN_HOME": str(w.home), "KILN_SCRATCH": str(w.scratch)}
         w.proc = subprocess.Popen([sys.executable, "-m", "kiln", "worker", "--name", name, "--heartbeat", "1",
                                    "--kill-grace", "30", *args], stdout=w._out, stderr=subprocess.STDOUT, text=True,
                                   env=env, start_new_session=True)
-        assert eventually(lambda: any(line.startswith(f"worker {name}:") for line in w.lines()), timeout=60), \
-            "\n".join(w.lines())
+        assert eventually(lambda: sum(line.startswith(f"worker {name}:") for line in w.lines()) > started_before,
+                          timeout=60), "\n".join(w.lines())
         return w
 
     def status(self) -> dict:
