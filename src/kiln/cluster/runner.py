@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from kiln.cluster import state
@@ -58,10 +57,6 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("KILN_")}
 
 
-def child_argv(config: Config, job_file: Path) -> list[str]:
-    return [sys.executable, "-m", "kiln.api.child", str(config.home), "--job", str(job_file)]
-
-
 def run_build(payload: dict[str, Any]) -> dict[str, Any]:
     from rq import get_current_job
 
@@ -93,7 +88,7 @@ class Build:
         state.set_in_flight(r, self.job_id, run_id="", template=self.request.name, worker=ctx.name, started=self.started)
         ctx.current_job = self.job_id
         state.heartbeat(r, ctx.name, current_job=self.job_id, current_run="")
-        proc = spawn(child_argv(ctx.config, job_file), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        proc = spawn([sys.executable, "-m", "kiln.api.child", str(ctx.config.home), "--job", str(job_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                      session=True, env=child_env(), cwd="/")
         reaper = Reaper([job_file], name="kiln-worker-reaper")
         reaper.kill_group(proc.pid)
