@@ -172,7 +172,7 @@ class Cluster:
         started_before = sum(line.startswith(f"worker {name}:") for line in w.lines())
         w._out = w.log.open("a")
         env = {**os.environ, "KILN_HOME": str(w.home), "KILN_SCRATCH": str(w.scratch)}
-        w.proc = subprocess.Popen([sys.executable, "-m", "kiln", "worker", "--name", name, "--heartbeat", "1",
+        w.proc = subprocess.Popen([sys.executable, "-m", "kiln", "worker", "--name", name, "--heartbeat", "2",
                                    "--kill-grace", "30", *args], stdout=w._out, stderr=subprocess.STDOUT, text=True,
                                   env=env, start_new_session=True)
         assert eventually(lambda: sum(line.startswith(f"worker {name}:") for line in w.lines()) > started_before,

@@ -13,7 +13,7 @@ from processes import alive, eventually
 
 pytestmark = pytest.mark.integration
 
-HEARTBEAT_TIMEOUT_S = 3.0  # the workers beat every second (clusterlib) and are lost after 3 missed beats
+HEARTBEAT_TIMEOUT_S = 6.0  # the workers beat every 2 s (clusterlib) and are lost after 3 missed beats
 
 
 def runs_of(c: Cluster, name: str) -> list[dict]:
@@ -39,6 +39,7 @@ def test_kill_9_of_a_worker_mid_build_fails_its_run_as_worker_lost_and_publishes
     # The reaper the worker left takes the build down with it: nothing goes on to publish.
     assert eventually(lambda: not processes_with("sleep 900"), timeout=30, interval=0.2)
 
+    # Bounded by the follower's wait here, not by the job's 4-hour timeout (its time is printed, not asserted).
     code, out, err = wait_done(submit, timeout=120)
     noticed = time.monotonic() - killed
     assert code == 1, err
@@ -48,7 +49,6 @@ def test_kill_9_of_a_worker_mid_build_fails_its_run_as_worker_lost_and_publishes
     assert run["lastRunStatus"]["message"].startswith("worker lost")
     assert kiln(cluster.submitter, "image", "show", image_id("doomed"), check=False).returncode == 2
     assert cluster.status()["runsInFlight"] == []
-    assert noticed < 120  # reported within the follower's wait, not at the job's 4-hour timeout
     print(f"worker lost noticed {noticed:.1f}s after kill -9 (heartbeat timeout {HEARTBEAT_TIMEOUT_S}s)")
 
     # Started again, the worker reclaims the dead build's scratch space.

@@ -219,6 +219,7 @@ class Service:
             job.run_id = run_id
             self.resources().set_run(job.op_id, run_id)
         if run_id:  # kept beside the run's log, for GET .../runs/{runId}/events
+            self.events_path(run_id).parent.mkdir(parents=True, exist_ok=True)  # a cluster's run logs on its worker
             with self.events_path(run_id).open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(data) + "\n")
         fields = {k: v for k, v in data.items() if k in Event.__dataclass_fields__}
