@@ -13,7 +13,6 @@ import signal
 import sys
 from pathlib import Path
 
-from kiln.config import Config
 from kiln.events import Event, JsonMonitor
 
 
@@ -41,8 +40,6 @@ def main(argv: list[str]) -> int:
     from kiln.store.store import Store
 
     signal.signal(signal.SIGTERM, _sigterm)
-    if argv[1] == "--job":  # a cluster worker's build: `HOME --job FILE` (kiln.cluster.engine.BuildRequest)
-        return _job(load_config(Path(argv[0])), Path(argv[2]))
     home, template_id = Path(argv[0]), ids.parse(argv[1], ids.IMAGE_TEMPLATE)
     config = load_config(home)
     with Store.open(config) as store:
@@ -61,13 +58,16 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _job(config: Config, path: Path) -> int:
+def job_main(argv: list[str]) -> int:
+    """A cluster worker's build: `python -m kiln.api.child HOME --job FILE` (a kiln.cluster BuildRequest)."""
     from kiln.cluster.engine import BuildRequest
+    from kiln.config import load_config
     from kiln.errors import KilnError
     from kiln.pipeline.build import build
     from kiln.store.store import Store
 
-    request = BuildRequest.read(path)
+    signal.signal(signal.SIGTERM, _sigterm)
+    config, request = load_config(Path(argv[0])), BuildRequest.read(Path(argv[2]))
     if request.kind == "api":
         return main([str(config.home), request.template_id])
     with Store.open(config) as store:
@@ -83,4 +83,4 @@ def _job(config: Config, path: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(job_main(sys.argv[1:]) if sys.argv[2:3] == ["--job"] else main(sys.argv[1:]))

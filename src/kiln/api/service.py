@@ -50,14 +50,14 @@ class Service:
         self.config = config
         self.settings = settings
         self.monitor = monitor or NullMonitor()
+        if executor is None and config.cluster.queue:  # builds go to the cluster's workers (kiln.cluster)
+            from kiln.cluster.executor import RqExecutor
+            executor = RqExecutor(config, self._on_event, self._on_done)
         self._local = threading.local()
         self._stores: list[Store] = []
         self._lock = threading.Lock()
         self.stopping = False
         self.recover()
-        if executor is None and config.cluster.queue:  # builds go to the cluster's workers (kiln.cluster)
-            from kiln.cluster.executor import RqExecutor
-            executor = RqExecutor(config, self._on_event, self._on_done)
         self.executor = executor or ChildProcessExecutor(config.home, self._on_event, self._on_done, settings.workers)
 
     # ------------------------------------------------------------------ plumbing
