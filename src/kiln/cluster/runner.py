@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from kiln.config import Config
 
 POLL_S = 0.5
+REDIS_PATIENCE_S = 600.0  # how long a build waits for Redis to come back before its worker gives it up
 KILL_GRACE_S = 60.0
 
 
@@ -88,8 +90,8 @@ class Build:
         state.set_in_flight(r, self.job_id, run_id="", template=self.request.name, worker=ctx.name, started=self.started)
         ctx.current_job = self.job_id
         state.heartbeat(r, ctx.name, current_job=self.job_id, current_run="")
-        proc = spawn([sys.executable, "-m", "kiln.api.child", str(ctx.config.home), "--job", str(job_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                     session=True, env=child_env(), cwd="/")
+        proc = spawn([sys.executable, "-m", "kiln.api.child", str(ctx.config.home), "--job", str(job_file)],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, session=True, env=child_env(), cwd="/")
         reaper = Reaper([job_file], name="kiln-worker-reaper")
         reaper.kill_group(proc.pid)
         watchdog = threading.Thread(target=self._watch, args=(proc.pid,), daemon=True, name="kiln-cancel-watch")
@@ -126,10 +128,10 @@ class Build:
         run_id = str(event.get("run_id") or "")
         if run_id and not self.run_id:
             self.run_id = self.ctx.current_run = run_id
-            state.set_in_flight(self.r, self.job_id, run_id=run_id, template=self.request.name, worker=self.ctx.name,
-                                started=self.started)
-            state.heartbeat(self.r, self.ctx.name, current_run=run_id)
-        state.add_event(self.r, self.job_id, line.rstrip("\n"))
+            _retrying(lambda: state.set_in_flight(self.r, self.job_id, run_id=run_id, template=self.request.name,
+                                                  worker=self.ctx.name, started=self.started))
+            _retrying(lambda: state.heartbeat(self.r, self.ctx.name, current_run=run_id))
+        _retrying(lambda: state.add_event(self.r, self.job_id, line.rstrip("\n")))
 
     def _tail(self, stream: IO[str] | None) -> None:
         for line in stream or ():
@@ -148,8 +150,14 @@ class Build:
     # ------------------------------------------------------------------ cancel
 
     def _watch(self, pgid: int) -> None:
+        import redis
+
         while not self.stop.wait(POLL_S):
-            if self.r.exists(state.cancel_key(self.job_id)):
+            try:
+                asked = self.r.exists(state.cancel_key(self.job_id))
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                continue  # Redis restarting: ask again
+            if asked:
                 self.canceled = True
                 _signal_group(pgid, signal.SIGTERM)
                 if not self.stop.wait(self.ctx.kill_grace_s):
@@ -160,8 +168,8 @@ class Build:
 
     def _end(self, code: int, message: str) -> dict[str, Any]:
         result = self._result(code)
-        state.end_stream(self.r, self.job_id, code, message, self.run_id)
-        state.clear_in_flight(self.r, self.job_id)
+        _retrying(lambda: state.end_stream(self.r, self.job_id, code, message, self.run_id))
+        _retrying(lambda: state.clear_in_flight(self.r, self.job_id))
         print(f"run {self.run_id or '-'} {self.request.name} {result}", file=self.ctx.out, flush=True)
         return {"run_id": self.run_id, "code": code, "result": result, "message": message}
 
@@ -173,6 +181,21 @@ class Build:
 
         with Store.open(self.ctx.config) as store:
             return store.runs.get(self.run_id).run_state
+
+
+def _retrying(call: Callable[[], object], patience_s: float = REDIS_PATIENCE_S) -> None:
+    """`call()`, again while Redis is unreachable (a restart must not end the builds running)."""
+    import redis
+
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            call()
+            return
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _stop_group(pgid: int, grace_s: float, popen: subprocess.Popen[str]) -> None:
