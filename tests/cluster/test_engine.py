@@ -68,3 +68,18 @@ def test_the_request_round_trips_as_json() -> None:
     request = BuildRequest("document", "t", document={"a": [1]}, file="/x/t.json", parameters={"p": "v"}, index=1,
                            validate=False, requires=("kvm", "x86_64"), host="h")
     assert BuildRequest.from_json(json.loads(json.dumps(request.to_json()))) == request
+
+
+def test_a_job_that_fails_in_rq_before_the_build_starts_still_ends_its_follower(engine: RqEngine, tmp_path: Path,
+                                                                                 redis_server: RedisServer) -> None:
+    from rq import Queue
+
+    from kiln.cluster.rq_engine import JOB_FUNCTION
+    from kiln.config import load_config
+
+    home = home_for(tmp_path, redis_server)
+    job = Queue("kiln.host.early", connection=engine.redis).enqueue(JOB_FUNCTION, {"not": "a request"})
+    kiln(home, "worker", "--name", "early", "--queues", "kiln.host.early", "--burst", env={"KILN_SCRATCH": "state"})
+    ended = follow(engine.redis, str(job.id), lambda e: None, config=load_config(home))
+    assert ended is not None and ended.code == 1
+    assert "the job failed on its worker" in ended.message and "TypeError" in ended.message

@@ -62,9 +62,26 @@ def follow(redis: Redis, job_id: str, on_event: Callable[[dict[str, Any]], None]
             next_reap = time.monotonic() + REAP_EVERY_S
             try:
                 state.reap_lost(redis, config)
+                _end_if_rq_failed(redis, job_id)
             except (redis_lib.exceptions.ConnectionError, redis_lib.exceptions.TimeoutError):
                 pass
     return None
+
+
+def _end_if_rq_failed(redis: Redis, job_id: str) -> None:
+    """A job RQ itself ended without kiln's end record (the job function failed early): end the stream."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job, JobStatus
+
+    try:
+        job = Job.fetch(job_id, connection=redis)
+    except NoSuchJobError:
+        return
+    if job.get_status(refresh=False) in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED) \
+            and not state.ended(redis, job_id):
+        result = job.latest_result()
+        why = (result.exc_string or "").strip().splitlines()[-1:] if result is not None else []
+        state.end_stream(redis, job_id, 1, f"the job failed on its worker: {why[0] if why else job.get_status()}")
 
 
 def to_event(data: dict[str, Any]) -> Any:
