@@ -38,6 +38,8 @@ def test_a_queued_build_is_listed_and_canceled_before_any_worker_takes_it(engine
     status = json.loads(kiln(home_for(tmp_path, redis_server), "cluster", "status", "--json").stdout)
     assert status["queues"] == [{"name": "kiln.build.kvm", "queued": 1, "started": 0}]
     assert status["workers"] == [] and status["runsInFlight"] == []
+    text = kiln(home_for(tmp_path, redis_server), "cluster", "status").stdout
+    assert "queues:" in text and "kiln.build.kvm  1" in text.replace("   ", "  ")
 
     assert engine.cancel(job_id) is True
     assert {q.name: q.queued for q in engine.queues()}.get("kiln.build.kvm", 0) == 0
