@@ -61,10 +61,10 @@ def test_two_workers_both_take_work(two: Cluster, tmp_path) -> None:
 
 
 def test_cancel_from_the_cli_stops_a_build_on_the_other_worker_and_leaves_it_clean(two: Cluster, tmp_path) -> None:
-    slow = two.build(template(tmp_path / "slow.json", "slow", "echo slow-started", "sleep 900"))
+    slow = two.build(template(tmp_path / "slow.json", "slow", "echo slow-started", "sleep 937"))
     flight = two.run_in_flight("slow")
     worker = two.workers[flight["worker"]]
-    assert eventually(lambda: bool(processes_with("sleep 900")), timeout=300, interval=0.5)
+    assert eventually(lambda: bool(processes_with("sleep 937")), timeout=300, interval=0.5)
     # Another host's CLI (the other worker's state home) asks; the build's own host stops it.
     other = next(w for w in two.workers.values() if w is not worker)
     said = kiln(other.home, "cluster", "cancel", flight["runId"])
@@ -74,7 +74,7 @@ def test_cancel_from_the_cli_stops_a_build_on_the_other_worker_and_leaves_it_cle
     assert "Canceled" in err
     assert eventually(lambda: ["slow"] == [r[1] for r in worker.runs() if r[1] == "slow"], timeout=60)
     assert [r[2] for r in worker.runs() if r[1] == "slow"] == ["Canceled"]
-    assert not processes_with("sleep 900")
+    assert not processes_with("sleep 937")
     assert not (worker.home / "work" / flight["runId"]).exists()
     assert eventually(lambda: not any(worker.scratch.iterdir()) if worker.scratch.exists() else True, timeout=60)
     assert not published(two, "slow")

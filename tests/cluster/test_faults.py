@@ -24,11 +24,11 @@ def runs_of(c: Cluster, name: str) -> list[dict]:
 def test_kill_9_of_a_worker_mid_build_fails_its_run_as_worker_lost_and_publishes_nothing(cluster: Cluster, tmp_path) -> None:
     victim = cluster.start_worker("victim", "--queues", "kiln.host.victim")
     cluster.start_worker("watcher", "--queues", "kiln.host.watcher")  # beats, and notices the victim's silence
-    t = template(tmp_path / "doomed.json", "doomed", "echo doomed-started", "sleep 900", tags={"kiln.host": "victim"})
+    t = template(tmp_path / "doomed.json", "doomed", "echo doomed-started", "sleep 941", tags={"kiln.host": "victim"})
     submit = cluster.build(t)
     flight = cluster.run_in_flight("doomed")
     assert flight["worker"] == "victim"
-    assert eventually(lambda: bool(processes_with("sleep 900")), timeout=300, interval=0.5)
+    assert eventually(lambda: bool(processes_with("sleep 941")), timeout=300, interval=0.5)
     work = victim.home / "work" / flight["runId"]
     assert work.is_dir()
 
@@ -37,7 +37,7 @@ def test_kill_9_of_a_worker_mid_build_fails_its_run_as_worker_lost_and_publishes
     victim.proc.wait(10)
     killed = time.monotonic()
     # The reaper the worker left takes the build down with it: nothing goes on to publish.
-    assert eventually(lambda: not processes_with("sleep 900"), timeout=30, interval=0.2)
+    assert eventually(lambda: not processes_with("sleep 941"), timeout=30, interval=0.2)
 
     # Bounded by the follower's wait here, not by the job's 4-hour timeout (its time is printed, not asserted).
     code, out, err = wait_done(submit, timeout=120)

@@ -49,16 +49,16 @@ def test_the_sdk_runs_a_template_on_a_worker_and_cancels_one(cluster: Cluster) -
         events = [json.loads(line) for line in (cluster.submitter / "runs" / ran[0] / "events.jsonl").read_text().splitlines()]
         assert any(e["kind"] == "step" and e["name"] == "validate" for e in events)  # the worker's events, at the server
 
-        templates.begin_create_or_update(RG, "slowq", debian12("slowq", "echo slow", "sleep 900")).result()
+        templates.begin_create_or_update(RG, "slowq", debian12("slowq", "echo slow", "sleep 947")).result()
         poller = templates.begin_run(RG, "slowq")
         flight = cluster.run_in_flight("slowq")
         assert flight["worker"] == "apiw"
-        assert eventually(lambda: bool(processes_with("sleep 900")), timeout=300, interval=0.5)
+        assert eventually(lambda: bool(processes_with("sleep 947")), timeout=300, interval=0.5)
         templates.begin_cancel(RG, "slowq").result()
         with pytest.raises(Exception):  # noqa: B017 - the run's operation ends Canceled (the SDK raises)
             poller.result()
         assert templates.get(RG, "slowq").last_run_status.run_state == "Canceled"
-        assert eventually(lambda: not processes_with("sleep 900"), timeout=60)
+        assert eventually(lambda: not processes_with("sleep 947"), timeout=60)
         assert not (worker.home / "work" / flight["runId"]).exists()
     finally:
         server.stop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,6 +111,7 @@ class Build:
                 _stop_group(proc.pid, ctx.kill_grace_s, proc.popen)
             _signal_group(proc.pid, signal.SIGKILL)  # whatever the leader left in its group
             errors.join(5)
+            _sweep_work(ctx.config, self.run_id)
             reaper.dismiss()
             job_file.unlink(missing_ok=True)
             ctx.current_job = ctx.current_run = ""
@@ -181,6 +183,24 @@ class Build:
 
         with Store.open(self.ctx.config) as store:
             return store.runs.get(self.run_id).run_state
+
+
+def _sweep_work(config: Config, run_id: str) -> None:
+    """The build ended: its work directory goes, unless kept on purpose (the pipeline removes it
+    itself; this is for a child that could not, e.g. one killed at the end of the grace period)."""
+    from kiln.store import worklock
+
+    work = config.work_dir / run_id
+    if not run_id or not work.is_dir() or (work / worklock.KEEP_MARKER).exists():
+        return
+    fd = worklock.try_take(work)
+    if fd is None and (work / worklock.LOCK_NAME).exists():
+        return  # someone still holds it: not ours to remove
+    try:
+        shutil.rmtree(work, ignore_errors=True)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _retrying(call: Callable[[], object], patience_s: float = REDIS_PATIENCE_S) -> None:
