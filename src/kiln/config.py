@@ -25,6 +25,7 @@ The first region listed is the default location: where a command that takes `--l
 import, gallery create, lab create, the factory lab) puts what it creates when given none.
 
     [cluster]                                      # default: none (blobs stay on this host only)
+    queue = "redis://10.0.0.5:6379/0"              # builds go to `kiln worker`s (rediss://, unix:///run/redis.sock too)
     blobs = "s3://bucket/prefix"                   # or "azureblob://container/prefix", "file:///srv/kiln-blobs"
     blobs_endpoint_url = "http://127.0.0.1:9000"   # s3: an S3-compatible server (default: AWS)
     blobs_region = "eu-west-1"                     # s3 (default: AWS_DEFAULT_REGION)
@@ -33,6 +34,7 @@ import, gallery create, lab create, the factory lab) puts what it creates when g
     blobs_connection_string = "..."                # azureblob (default: AZURE_STORAGE_CONNECTION_STRING)
     blobs_account_url = "https://acct.blob.core.windows.net/?sv=..."  # azureblob: an account URL with a SAS
 
+With `queue`, `kiln build` and `kiln serve` enqueue builds for the workers (`kiln.cluster`).
 With `blobs`, the hosts that share one catalog share its blobs too (`kiln.store.shared`): the local
 blob store becomes this host's cache of the shared one.
 """
@@ -87,6 +89,7 @@ class SharedBlobsConfig:
 @dataclass(frozen=True)
 class ClusterConfig:
     blobs: SharedBlobsConfig | None = None  # None: blobs stay on this host
+    queue: str = ""  # the job engine's Redis (redis://, rediss://, unix://); "": builds run where started
 
 
 @dataclass(frozen=True)
@@ -225,13 +228,48 @@ _BLOBS_SETTINGS = ("endpoint_url", "region", "access_key_id", "secret_access_key
 _BLOBS_HINT = 'use "s3://BUCKET[/PREFIX]", "azureblob://CONTAINER[/PREFIX]" or "file:///ABSOLUTE/PATH"'
 
 
+_QUEUE_HINT = 'use "redis://HOST:PORT/DB" (or rediss:// for TLS, unix:///PATH/redis.sock), e.g. "redis://127.0.0.1:6379/0"'
+
+
+def _queue(table: dict[str, Any], path: Path) -> str:
+    url = table.get("queue", "")
+    if not isinstance(url, str):
+        raise InvalidInput("cluster.queue must be a string", file=str(path), path="cluster.queue", hint=_QUEUE_HINT)
+    if not url:
+        return ""
+    parts = urlsplit(url)
+
+    def bad(why: str) -> InvalidInput:
+        return InvalidInput(f"cluster.queue {url!r}: {why}", file=str(path), path="cluster.queue", hint=_QUEUE_HINT)
+
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise bad(f"unknown scheme {parts.scheme + '://' if parts.scheme else '(none)'}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise bad("the port is not a number from 1 to 65535") from None
+    if parts.scheme == "unix":
+        if not parts.path.startswith("/"):
+            raise bad("a unix URL names the socket's absolute path")
+        return url
+    if not parts.hostname:
+        raise bad("the host is missing")
+    if port == 0:
+        raise bad("the port is not a number from 1 to 65535")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise bad(f"the database {db!r} is not a number")
+    return url
+
+
 def _cluster(table: object, path: Path) -> ClusterConfig:
-    """The `[cluster]` table (only its blob settings: the queue and catalog are read elsewhere)."""
+    """The `[cluster]` table: the queue and the blob settings (the catalog is read elsewhere)."""
     if not isinstance(table, dict):
         raise InvalidInput("[cluster] must be a table", file=str(path), path="cluster", hint="write [cluster] on its own line")
+    queue = _queue(table, path)
     blobs = table.get("blobs")
     if blobs is None:
-        return ClusterConfig()
+        return ClusterConfig(queue=queue)
     settings: dict[str, str] = {}
     for key in ("blobs", *(f"blobs_{s}" for s in _BLOBS_SETTINGS)):
         value = table.get(key, "")
@@ -248,12 +286,12 @@ def _cluster(table: object, path: Path) -> ClusterConfig:
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise bad("a file URL names an absolute path on this host")
-        return ClusterConfig(SharedBlobsConfig(url, "file", path=unquote(parts.path).rstrip("/") or "/", **extra))
+        return ClusterConfig(SharedBlobsConfig(url, "file", path=unquote(parts.path).rstrip("/") or "/", **extra), queue)
     if parts.scheme in ("s3", "azureblob"):
         if not parts.netloc:
             raise bad("the bucket or container name is missing")
         prefix = parts.path.strip("/")
         kind: Literal["s3", "azureblob"] = "s3" if parts.scheme == "s3" else "azureblob"
         return ClusterConfig(SharedBlobsConfig(url, kind, container=parts.netloc, prefix=prefix + "/" if prefix else "",
-                                               **extra))
+                                               **extra), queue)
     raise bad(f"unknown scheme {parts.scheme + '://' if parts.scheme else '(none)'}")

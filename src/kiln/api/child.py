@@ -69,5 +69,29 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def job_main(argv: list[str]) -> int:
+    """A cluster worker's build: `python -m kiln.api.child HOME --job FILE` (a kiln.cluster BuildRequest)."""
+    from kiln.cluster.engine import BuildRequest
+    from kiln.config import load_config
+    from kiln.errors import KilnError
+    from kiln.pipeline.build import build
+    from kiln.store.store import Store
+
+    signal.signal(signal.SIGTERM, _sigterm)
+    config, request = load_config(Path(argv[0])), BuildRequest.read(Path(argv[2]))
+    if request.kind == "api":
+        return main([str(config.home), request.template_id])
+    with Store.open(config) as store:
+        try:
+            template, options = request.load_document(config)
+            build(template, config=config, store=store, monitor=ServerPipe(sys.stdout), options=options)
+        except KilnError as e:
+            print(json.dumps({"kind": "error", "message": e.render()}), file=sys.stderr)
+            return e.exit_code
+        except KeyboardInterrupt:
+            return 130
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(job_main(sys.argv[1:]) if sys.argv[2:3] == ["--job"] else main(sys.argv[1:]))

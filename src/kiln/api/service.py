@@ -51,6 +51,9 @@ class Service:
         self.config = config
         self.settings = settings
         self.monitor = monitor or NullMonitor()
+        if executor is None and config.cluster.queue:  # builds go to the cluster's workers (kiln.cluster)
+            from kiln.cluster.executor import RqExecutor
+            executor = RqExecutor(config, self._on_event, self._on_done)
         self._local = threading.local()
         self._stores: list[Store] = []
         self._lock = threading.Lock()
@@ -257,6 +260,7 @@ class Service:
             job.run_id = run_id
             self.resources().set_run(job.op_id, run_id)
         if run_id:  # kept beside the run's log, for GET .../runs/{runId}/events
+            self.events_path(run_id).parent.mkdir(parents=True, exist_ok=True)  # a cluster's run logs on its worker
             with self.events_path(run_id).open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(data) + "\n")
         fields = {k: v for k, v in data.items() if k in Event.__dataclass_fields__}

@@ -54,6 +54,7 @@ def cli(ctx: click.Context, home: Path | None, debug: bool, progress: str) -> No
 def _register_all() -> None:
     from kiln.cli import (
         build_cmds,
+        cluster_cmds,
         doctor_cmds,
         factory_cmds,
         serve_cmds,
@@ -65,7 +66,7 @@ def _register_all() -> None:
 
     # vm_cmds after factory_cmds: it adds `kiln lab vm` and `kiln factory save-vm` to their groups.
     for module in (validate_cmds, store_cmds, build_cmds, factory_cmds, doctor_cmds, serve_cmds, trigger_cmds,
-                   vm_cmds):
+                   vm_cmds, cluster_cmds):
         module.register(cli)
 
 

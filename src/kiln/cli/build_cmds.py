@@ -23,17 +23,31 @@ if TYPE_CHECKING:
 @click.option("--boot-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for the guest to boot.")
 @click.option("--keep-work", is_flag=True, help="Keep the run's work directory, even on success.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run and its outputs as JSON.")
+@click.option("--local", is_flag=True, help="Build on this host even when a cluster queue is configured.")
 @pass_app
 def build_cmd(app: App, template: Path, parameters: tuple[str, ...], no_validate: bool, boot_timeout: float,
-              keep_work: bool, as_json: bool) -> None:
+              keep_work: bool, as_json: bool, local: bool) -> None:
     """Build TEMPLATE: source, customize, generalize, assemble, boot-test, distribute."""
     from kiln.pipeline.build import build
     from kiln.pipeline.context import BuildOptions
     from kiln.template.load import load_template
 
-    templates = load_template(template, parse_parameters(parameters), config=app.config)
+    params = parse_parameters(parameters)
+    templates = load_template(template, params, config=app.config)
     options = BuildOptions(validate=not no_validate, boot_timeout_s=boot_timeout, keep_work=keep_work)
     monitor = make_monitor(app, json_stream=sys.stdout)  # kiln build streams its JSON events on stdout (always has)
+    if app.config.cluster.queue and not local:  # enqueue for the workers (kiln.cluster), follow, same output
+        from kiln.cluster.submit import engine, requests_for, run_queued
+        from kiln.jsonfile import read_json
+
+        requests = requests_for(template, read_json(template), templates, params, validate=not no_validate,
+                                boot_timeout_s=boot_timeout, keep_work=keep_work)
+        rq = engine(app.config)  # unreachable: exit 2 before anything was queued or written
+        for request in requests:
+            run_id = run_queued(app.config, rq, request, monitor)
+            with open_store(app) as store:
+                print_run(store.runs.get(run_id), as_json)
+        return
     with open_store(app) as store:
         for t in templates:
             ctx = build(t, config=app.config, store=store, monitor=monitor, options=options)

@@ -1,0 +1,59 @@
+"""`kiln build` with a cluster queue: enqueue each template, follow its run, end as a local build ends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kiln.cluster.engine import BuildRequest
+from kiln.cluster.routing import requirements
+from kiln.errors import BuildFailed, Canceled, InvalidInput, KilnError
+
+if TYPE_CHECKING:
+    from kiln.config import Config
+    from kiln.events import Monitor
+    from kiln.template.model import ImageTemplate
+
+
+def engine(config: Config) -> Any:
+    """The configured job engine (RQ on the `[cluster] queue` Redis), reachable or a clear error."""
+    from kiln.cluster.connect import redis_from_url
+    from kiln.cluster.rq_engine import RqEngine
+
+    return RqEngine(redis_from_url(config.cluster.queue))
+
+
+def requests_for(file: Path, document: Any, templates: tuple[ImageTemplate, ...], parameters: dict[str, str], *,
+                 validate: bool, boot_timeout_s: float, keep_work: bool) -> list[BuildRequest]:
+    out = []
+    for i, t in enumerate(templates):
+        requires, host = requirements(t.tags, file=str(file))
+        out.append(BuildRequest("document", t.name, document=document, file=str(file.absolute()), parameters=parameters,
+                                index=i, validate=validate, boot_timeout_s=boot_timeout_s, keep_work=keep_work,
+                                timeout_minutes=t.timeout_minutes, requires=requires, host=host))
+    return out
+
+
+def run_queued(config: Config, rq: Any, request: BuildRequest, monitor: Monitor) -> str:
+    """Enqueue, follow until the end; returns the run id, or raises as a local build would."""
+    from kiln.cluster.follow import follow, to_event
+
+    job_id = rq.enqueue(request)
+    monitor.log(f"queued {request.name} as job {job_id}", name="cluster")
+    try:
+        ended = follow(rq.redis, job_id, lambda e: monitor.emit(to_event(e)), config=config)
+    except KeyboardInterrupt:  # Ctrl-C of the submitter cancels its build, wherever it runs
+        rq.cancel(job_id)
+        ended = follow(rq.redis, job_id, lambda e: monitor.emit(to_event(e)), config=config)
+    assert ended is not None
+    if ended.code == 0:
+        return ended.run_id
+    message = ended.message or f"the build on the worker ended with code {ended.code}"
+    error: KilnError
+    if ended.code == 130:
+        error = Canceled(message)
+    elif ended.code == 2:
+        error = InvalidInput(message)
+    else:
+        error = BuildFailed(message)
+    raise error

@@ -1,0 +1,26 @@
+"""Fixtures of the cluster tests: a module's own Redis and cluster of state homes (see clusterlib.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from clusterlib import Cluster, RedisServer
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Cluster]:
+    from debian_root import bootstrap_debian12
+
+    tmp = tmp_path_factory.mktemp("cluster")
+    cached = bootstrap_debian12(tmp / "bootstrap")
+    c = Cluster(tmp / "hosts", redis_server, cached.config.cache_dir / "roots")
+    yield c
+    c.stop()

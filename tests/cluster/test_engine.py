@@ -1,0 +1,87 @@
+"""The RQ engine against a real Redis, without building: queue, cancel while queued, the event stream."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from clusterlib import RedisServer, kiln
+
+from kiln.cluster import state
+from kiln.cluster.connect import redis_from_url
+from kiln.cluster.engine import BuildRequest
+from kiln.cluster.follow import follow, to_event
+from kiln.cluster.rq_engine import RqEngine
+from kiln.events import Event
+
+
+@pytest.fixture
+def engine(redis_server: RedisServer) -> RqEngine:
+    r = redis_from_url(redis_server.url)
+    r.flushdb()
+    return RqEngine(r)
+
+
+def home_for(tmp_path: Path, redis_server: RedisServer) -> Path:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(f'[cluster]\nqueue = "{redis_server.url}"\n')
+    return home
+
+
+def test_a_queued_build_is_listed_and_canceled_before_any_worker_takes_it(engine: RqEngine, tmp_path: Path,
+                                                                          redis_server: RedisServer) -> None:
+    request = BuildRequest("document", "t", document={"x": 1}, requires=("kvm",), timeout_minutes=30)
+    job_id = engine.enqueue(request)
+    assert {q.name: q.queued for q in engine.queues()} == {"kiln.build.kvm": 1}
+    status = json.loads(kiln(home_for(tmp_path, redis_server), "cluster", "status", "--json").stdout)
+    assert status["queues"] == [{"name": "kiln.build.kvm", "queued": 1, "started": 0}]
+    assert status["workers"] == [] and status["runsInFlight"] == []
+    text = kiln(home_for(tmp_path, redis_server), "cluster", "status").stdout
+    assert "queues:" in text and "kiln.build.kvm  1" in text.replace("   ", "  ")
+
+    assert engine.cancel(job_id) is True
+    assert {q.name: q.queued for q in engine.queues()}.get("kiln.build.kvm", 0) == 0
+    ended = follow(engine.redis, job_id, lambda e: None)
+    assert ended is not None and ended.code == 130 and "queued" in ended.message
+    assert engine.cancel(job_id) is False  # nothing left to cancel
+    p = kiln(home_for(tmp_path, redis_server), "cluster", "cancel", job_id, check=False)
+    assert p.returncode == 2 and "no build" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_follower_gets_every_event_in_order_then_the_end(engine: RqEngine) -> None:
+    r = engine.redis
+    events = [Event("begin", "build", "t (run r1)", run_id="r1"), Event("step", "customize", run_id="r1", step_id="customize"),
+              Event("finish", "build", "Succeeded", seconds=1.5, run_id="r1")]
+    from dataclasses import asdict
+
+    for e in events:
+        state.add_event(r, "job1", json.dumps(asdict(e)))
+    state.end_stream(r, "job1", 0, "", "r1")
+    state.end_stream(r, "job1", 1, "a second end is ignored", "r1")
+    got: list[Event] = []
+    ended = follow(r, "job1", lambda d: got.append(to_event(d)))
+    assert got == events
+    assert ended is not None and (ended.code, ended.run_id) == (0, "r1")
+
+
+def test_the_request_round_trips_as_json() -> None:
+    request = BuildRequest("document", "t", document={"a": [1]}, file="/x/t.json", parameters={"p": "v"}, index=1,
+                           validate=False, requires=("kvm", "x86_64"), host="h")
+    assert BuildRequest.from_json(json.loads(json.dumps(request.to_json()))) == request
+
+
+def test_a_job_that_fails_in_rq_before_the_build_starts_still_ends_its_follower(engine: RqEngine, tmp_path: Path,
+                                                                                 redis_server: RedisServer) -> None:
+    from rq import Queue
+
+    from kiln.cluster.rq_engine import JOB_FUNCTION
+    from kiln.config import load_config
+
+    home = home_for(tmp_path, redis_server)
+    job = Queue("kiln.host.early", connection=engine.redis).enqueue(JOB_FUNCTION, {"not": "a request"})
+    kiln(home, "worker", "--name", "early", "--queues", "kiln.host.early", "--burst", env={"KILN_SCRATCH": "state"})
+    ended = follow(engine.redis, str(job.id), lambda e: None, config=load_config(home))
+    assert ended is not None and ended.code == 1
+    assert "the job failed on its worker" in ended.message and "TypeError" in ended.message
