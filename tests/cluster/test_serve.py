@@ -1,9 +1,11 @@
 """`kiln serve` with a cluster queue: Azure's SDK runs a template and the build happens on a worker
-(with its boot test), its events reach the server; a cancel through the API stops a build there."""
+(with its boot test), its events reach the server, a kill -9 of the server mid-build neither stops
+the build nor runs it twice; a cancel through the API stops a build there."""
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -39,7 +41,15 @@ def test_the_sdk_runs_a_template_on_a_worker_and_cancels_one(cluster: Cluster) -
         token = server.token("builder", SUB)
         templates = server.client(token).virtual_machine_image_templates
         templates.begin_create_or_update(RG, "viaq", debian12("viaq", "echo hello-through-the-queue")).result()
-        templates.begin_run(RG, "viaq").result()  # bootstrap from cache, customize, assemble, boot test, publish
+        templates.begin_run(RG, "viaq")  # bootstrap from cache, customize, assemble, boot test, publish
+        cluster.run_in_flight("viaq")
+        # The server dies while the worker builds: the build goes on, and the server started again
+        # follows it to its end (the run is submitted again, as the same job: it runs once).
+        server.stop(signal.SIGKILL)
+        server = start_server(cluster.submitter)
+        templates = server.client(token).virtual_machine_image_templates
+        assert eventually(lambda: templates.get(RG, "viaq").last_run_status.run_state != "Running",
+                          timeout=3600, interval=2)
         got = templates.get(RG, "viaq")
         assert got.last_run_status.run_state == "Succeeded", got.last_run_status
         (out,) = list(templates.list_run_outputs(RG, "viaq"))

@@ -79,11 +79,11 @@ class Service:
 
     def close(self) -> None:
         """Stop the builds (each run whose build had started ends Failed, saying the server stopped);
-        queued runs stay queued for the next start."""
+        queued runs stay queued for the next start. A cluster's builds go on on their workers."""
         self.stopping = True
         self.executor.shutdown()
         for op in self.resources().in_progress():
-            if op.kind != "run" or self._started(op):
+            if op.kind != "run" or (self._started(op) and not self.config.cluster.queue):
                 self._fail_left_over(op, STOPPED)
         with self._lock:
             for s in self._stores:
@@ -91,10 +91,12 @@ class Service:
 
     def recover(self) -> list[Operation]:
         """At start-up: a run whose build a previous server had started is Failed (its build stopped
-        first); the runs that were still queued are returned, oldest first, to be submitted again."""
+        first); the runs that were still queued are returned, oldest first, to be submitted again.
+        With a cluster queue the builds run on workers, which outlive a server: every run is
+        submitted again, and so followed where it is (queued or building)."""
         queued = []
         for op in self.resources().in_progress():
-            if op.kind == "run" and not self._started(op):
+            if op.kind == "run" and (self.config.cluster.queue or not self._started(op)):
                 queued.append(op)
             else:
                 self._fail_left_over(op, RESTARTED)

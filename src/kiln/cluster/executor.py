@@ -35,7 +35,7 @@ class RqExecutor:
 
     def submit(self, job: Job) -> None:
         request = self._request(job)
-        job_id = self.engine.enqueue(request)
+        job_id = self.engine.enqueue(request, job_id=f"kiln-op-{job.op_id}")  # once per operation
         t = threading.Thread(target=self._follow, args=(job, job_id), daemon=True, name=f"kiln-follow-{job_id[:8]}")
         with self._lock:
             self._jobs[job.op_id] = (job, job_id, t)
@@ -75,13 +75,11 @@ class RqExecutor:
         return bool(self.engine.cancel(job_id))
 
     def shutdown(self, grace_s: float = 30.0) -> list[Job]:
-        """Cancel the builds this server queued, wait for them to end (up to `grace_s`), stop following."""
+        """Stop following. The builds go on on their workers: a server started again submits its
+        runs again, and each is followed where it is (RqEngine.enqueue: one job per operation)."""
         with self._lock:
             entries = list(self._jobs.values())
-        for job, job_id, _ in entries:
-            job.canceled = True
-            self.engine.cancel(job_id)
+        self._stopping.set()
         for _, _, t in entries:
             t.join(grace_s)
-        self._stopping.set()
         return [job for job, _, _ in entries]

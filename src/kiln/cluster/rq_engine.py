@@ -28,13 +28,18 @@ class RqEngine:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    def enqueue(self, request: BuildRequest) -> str:
+    def enqueue(self, request: BuildRequest, job_id: str | None = None) -> str:
+        """Queue a build; with `job_id`, once only: a job of that id already in Redis (queued, running
+        or ended) is left as it is, so a restarted server that submits its runs again follows them."""
         from rq import Queue
+        from rq.job import Job
 
+        if job_id is not None and Job.exists(job_id, connection=self.redis):
+            return job_id
         q = Queue(queue_for(request.requires, request.host), connection=self.redis)
         job = q.enqueue(JOB_FUNCTION, request.to_json(), job_timeout=request.timeout_minutes * 60 + KILL_GRACE_S + 60,
                         result_ttl=RESULT_TTL_S, failure_ttl=RESULT_TTL_S, description=f"build {request.name}",
-                        meta={"kiln.template": request.name, "kiln.enqueued": time.time()})
+                        meta={"kiln.template": request.name, "kiln.enqueued": time.time()}, job_id=job_id)
         return str(job.id)
 
     def job_id_of(self, job_or_run_id: str) -> str:
