@@ -133,3 +133,23 @@ def test_an_unreachable_catalog_is_a_clear_error(kiln_home: Path) -> None:
 
     with pytest.raises(InvalidInput, match="cannot open the catalog"):
         open_catalog(f"postgresql://kiln@127.0.0.1:{port}/kiln")
+
+
+def test_queries_bind_the_same_on_both(catalog_url: str) -> None:
+    from kiln.store.db import open_catalog
+
+    catalog = open_catalog(catalog_url)
+    try:
+        # `?` in a quoted literal is text, not a marker; flags bind as 0/1 integers; rows index both ways.
+        row = catalog.one("SELECT '?' AS q, ? AS a, ? AS flag", ("x", True))
+        assert row is not None and (row["q"], row["a"], row[2]) == ("?", "x", 1) and row.keys() == ["q", "a", "flag"]
+        with catalog.write() as db:
+            db.execute("INSERT INTO labs (key, id, location, created) VALUES (?, ?, ?, ?)", ("k", "K", "w", 1.5))
+            assert db.execute("UPDATE labs SET location = ? WHERE key = ?", ("e", "k")).rowcount == 1
+        with pytest.raises(ZeroDivisionError), catalog.write() as db:  # an error rolls the transaction back
+            db.execute("DELETE FROM labs")
+            raise ZeroDivisionError
+        assert [tuple(r) for r in catalog.query("SELECT key, location, created FROM labs")] == [("k", "e", 1.5)]
+        assert catalog.dump() == ['labs: ["k", "K", "e", 1.5]']
+    finally:
+        catalog.close()
