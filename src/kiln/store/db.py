@@ -187,6 +187,10 @@ class Catalog:
         `write()`'s database lock already makes the claims one at a time."""
         return "" if self.dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
 
+    def execute(self, sql: str, args: Sequence[object] = ()) -> Result:
+        """One statement, its own transaction (outside `write()`)."""
+        return self.conn.execute(sql, args)
+
     def query(self, sql: str, args: Sequence[object] = ()) -> list[Row]:
         return self.conn.execute(sql, args).fetchall()
 
