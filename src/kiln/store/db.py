@@ -139,6 +139,12 @@ class Db:
         return Result(self.connection.execute(clause, {n: _value(a) for n, a in zip(names, args, strict=True)}))
 
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        """One statement for many rows (the driver's executemany: one round trip per batch)."""
+        clause, names = _named(sql)
+        self.connection.execute(clause, [{n: _value(a) for n, a in zip(names, row, strict=True)} for row in rows])
+
+
 class Catalog:
     """One connection to the catalog. Not shared between threads; open one per process/thread."""
 
