@@ -62,14 +62,14 @@ def kiln_cmd(home: Path, *args: str, check: bool = False) -> subprocess.Complete
 
 def snapshot(home: Path) -> tuple[list[str], list[tuple[str, int]]]:
     """The catalog's rows and the state home's files (name, size): equal snapshots mean "unchanged"."""
-    import sqlite3
+    from kiln.store.db import Catalog
 
     rows: list[str] = []
-    db = home / "catalog.sqlite"
-    if db.exists():
-        conn = sqlite3.connect(db)
-        rows = list(conn.iterdump())
-        conn.close()
+    where = os.environ.get("KILN_CATALOG") or home / "catalog.sqlite"  # PostgreSQL in tests/store's second pass
+    if not isinstance(where, Path) or where.exists():
+        catalog = Catalog(where)  # no migration: looking must not change it
+        rows = catalog.dump()
+        catalog.close()
     listing = sorted((str(p.relative_to(home)), p.stat().st_size if p.is_file() else -1)
                      for p in home.rglob("*") if not p.name.startswith("catalog.sqlite"))
     return rows, listing

@@ -90,6 +90,7 @@ class SharedBlobsConfig:
 class ClusterConfig:
     blobs: SharedBlobsConfig | None = None  # None: blobs stay on this host
     queue: str = ""  # the job engine's Redis (redis://, rediss://, unix://); "": builds run where started
+    catalog: str | None = None  # postgresql://...; None: the state home's SQLite file (kiln.store.db)
 
 
 @dataclass(frozen=True)
@@ -263,13 +264,18 @@ def _queue(table: dict[str, Any], path: Path) -> str:
 
 
 def _cluster(table: object, path: Path) -> ClusterConfig:
-    """The `[cluster]` table: the queue and the blob settings (the catalog is read elsewhere)."""
+    """The `[cluster]` table: the queue, the shared catalog URL and the blob settings."""
     if not isinstance(table, dict):
         raise InvalidInput("[cluster] must be a table", file=str(path), path="cluster", hint="write [cluster] on its own line")
     queue = _queue(table, path)
+    # KILN_CATALOG names the catalog when config.toml does not (as KILN_HOME names the state home).
+    catalog = table.get("catalog", os.environ.get("KILN_CATALOG") or None)
+    if catalog is not None and (not isinstance(catalog, str) or not catalog.startswith(("postgresql://", "postgresql+psycopg://"))):
+        raise InvalidInput(f"cluster.catalog {catalog!r} is not a PostgreSQL URL", file=str(path), path="cluster.catalog",
+                           hint='use "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE" (leave it out for the local SQLite catalog)')
     blobs = table.get("blobs")
     if blobs is None:
-        return ClusterConfig(queue=queue)
+        return ClusterConfig(queue=queue, catalog=catalog)
     settings: dict[str, str] = {}
     for key in ("blobs", *(f"blobs_{s}" for s in _BLOBS_SETTINGS)):
         value = table.get(key, "")
@@ -286,12 +292,13 @@ def _cluster(table: object, path: Path) -> ClusterConfig:
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise bad("a file URL names an absolute path on this host")
-        return ClusterConfig(SharedBlobsConfig(url, "file", path=unquote(parts.path).rstrip("/") or "/", **extra), queue)
+        return ClusterConfig(SharedBlobsConfig(url, "file", path=unquote(parts.path).rstrip("/") or "/", **extra),
+                             queue=queue, catalog=catalog)
     if parts.scheme in ("s3", "azureblob"):
         if not parts.netloc:
             raise bad("the bucket or container name is missing")
         prefix = parts.path.strip("/")
         kind: Literal["s3", "azureblob"] = "s3" if parts.scheme == "s3" else "azureblob"
         return ClusterConfig(SharedBlobsConfig(url, kind, container=parts.netloc, prefix=prefix + "/" if prefix else "",
-                                               **extra), queue)
+                                               **extra), queue=queue, catalog=catalog)
     raise bad(f"unknown scheme {parts.scheme + '://' if parts.scheme else '(none)'}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import pytest
 from envcheck import unavailable
 from kiln.store import files
 from kiln.store.blobs import BlobStore, KnownDigest
+from kiln.store.db import Catalog
 from store_helpers import KILN, REPO, free_port, kiln_cmd, make_disk
 
 SUB = "/subscriptions/0000/resourceGroups/rg/providers"
@@ -196,10 +196,9 @@ class Hosts:
     a: Path
     b: Path
 
-    def catalog(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.a / "catalog.sqlite")
-        conn.row_factory = sqlite3.Row
-        return conn
+    def catalog(self) -> Catalog:
+        """A's catalog (the state home's SQLite file, or tests/store's PostgreSQL database)."""
+        return Catalog(os.environ.get("KILN_CATALOG") or self.a / "catalog.sqlite")
 
     def cached(self, home: Path, digest: str) -> Path:
         return home / "blobs" / digest[:2] / f"{digest}.vhd"
@@ -373,6 +372,6 @@ def test_an_unreachable_shared_store_fails_the_publish_cleanly(tmp_path: Path, r
     assert proc.returncode == 1, proc.stderr
     scheme = "s3" if kind == "s3" else "azureblob"
     assert f"shared blobs {scheme}://" in proc.stderr and "failed" in proc.stderr and "Traceback" not in proc.stderr
-    db = sqlite3.connect(home / "catalog.sqlite")
+    db = Catalog(os.environ.get("KILN_CATALOG") or home / "catalog.sqlite")
     assert db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 0
     assert db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 0

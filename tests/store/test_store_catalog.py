@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -211,12 +210,15 @@ def test_runs_and_run_outputs(store: Store) -> None:
 
 
 def test_schema_is_migrated_once_and_versioned(kiln_home: Path) -> None:
-    from kiln.store.db import MIGRATIONS
+    from alembic.script import ScriptDirectory
+
+    from kiln.store.migrations import HERE
 
     for _ in range(2):
         Store.open(load_config(kiln_home)).close()
-    conn = sqlite3.connect(kiln_home / "catalog.sqlite")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    conn.close()
+    with Store.open(load_config(kiln_home)) as store:
+        rows = store.catalog.query("SELECT version_num FROM alembic_version")
+        assert [r[0] for r in rows] == [ScriptDirectory(str(HERE)).get_current_head()]
+        if store.catalog.dialect == "sqlite":
+            assert store.catalog.one("PRAGMA journal_mode")[0] == "wal"
     assert os.access(kiln_home / "blobs", os.W_OK)

@@ -72,8 +72,8 @@ class Resources:
         prefix = f"/subscriptions/{subscription}/".lower()
         if resource_group is not None:
             prefix += f"resourcegroups/{resource_group}/".lower()
-        rows = self.catalog.query("SELECT * FROM api_templates WHERE substr(key, 1, ?) = ? ORDER BY key",
-                                  (len(prefix), prefix))
+        rows = self.catalog.query("SELECT * FROM api_templates WHERE substr(key, 1, length(?)) = ? ORDER BY key",
+                                  (prefix, prefix))
         return [self._template(r) for r in rows]
 
     @staticmethod

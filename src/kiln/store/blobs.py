@@ -201,10 +201,12 @@ class BlobStore:
         pid = os.getpid()
         with self.catalog.write() as db:
             cur = db.execute(
-                "INSERT INTO leases (digest, holder, pid, pid_start, created) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO leases (digest, holder, pid, pid_start, created) VALUES (?, ?, ?, ?, ?) RETURNING id",
                 (digest, holder, pid, process_start(pid), now()),
             )
-            return int(cur.lastrowid or 0)
+            row = cur.fetchone()
+            assert row is not None
+            return int(row[0])
 
     def release_lease(self, lease_id: int) -> None:
         with self.catalog.write() as db:
@@ -301,7 +303,7 @@ class BlobStore:
             self._share(digest, final, monitor)
         with self.catalog.write() as db:
             db.execute(
-                "INSERT OR IGNORE INTO blobs (digest, virtual_size, size, created) VALUES (?, ?, ?, ?)",
+                "INSERT INTO blobs (digest, virtual_size, size, created) VALUES (?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING",
                 (digest, virtual_size, virtual_size + vhd.FOOTER_SIZE, now()),
             )
         return Blob(digest, final, virtual_size, virtual_size + vhd.FOOTER_SIZE)

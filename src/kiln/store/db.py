@@ -1,288 +1,257 @@
-"""The catalog database: SQLite in WAL mode, shared safely by many kiln processes.
+"""The catalog database, on an SQLAlchemy Engine: SQLite (the embedded default) or PostgreSQL.
 
-Every write happens in a `BEGIN IMMEDIATE` transaction (`Catalog.write()`), which takes SQLite's
-write lock up front: two processes that both read-then-write (say, "highest version, plus one")
-are serialised instead of both computing the same answer. Readers never block writers (WAL).
-`busy_timeout` makes a waiting process wait rather than fail.
+One schema (kiln.store.schema), one set of queries, both backends. A store module writes SQL
+once, portable to both: `db.execute(sql, args)` with `?` markers, which become named binds of a
+`text()` clause (so the driver's own paramstyle never shows), and only what both understand
+(`INSERT ... ON CONFLICT`, `RETURNING`, `lower()`, no SQLite-only functions or `OR REPLACE`).
+Rows answer to `row["col"]`, `row[0]` and tuple unpacking, as sqlite3.Row did.
 
-The schema is versioned from the first release: `MIGRATIONS` is an append-only list, the database's
-`PRAGMA user_version` says how many have been applied, and `open_catalog` applies the rest inside
-one write transaction (so two processes starting at once cannot both migrate). A later part adds
-DevTest Labs tables by appending a migration, never by editing an old one.
+Every write happens in `Catalog.write()`, which serializes writers from its first statement, so
+two processes that both read-then-write (say, "highest version, plus one") never compute the same
+answer: on SQLite `BEGIN IMMEDIATE` takes the database's write lock (WAL: readers never block);
+on PostgreSQL the transaction takes one transaction-level advisory lock, released at its commit
+or rollback (also when the connection dies). `busy_timeout` / the lock wait make a waiting
+process wait rather than fail. Work that competes row by row (claims) uses `claim_lock()`'s
+`FOR UPDATE SKIP LOCKED` on PostgreSQL instead.
 
-`synchronous = FULL` makes every commit an fsync of the WAL: a few milliseconds each, so many small
-writes from many threads go through `GroupCommit`, which puts whatever is waiting into one
-transaction.
+The connection runs in autocommit mode and the transactions are begun and ended here by SQL, so a
+statement outside `write()`/`read()` is its own transaction and nothing is left open between
+calls (an idle PostgreSQL transaction would hold its snapshot and locks).
+
+Opening applies Alembic migrations (kiln.store.migrations, inside the package: no alembic.ini)
+inside one write transaction, so two processes opening at once cannot both migrate. A catalog made
+before Alembic (SQLite, `PRAGMA user_version` 1..7, kiln.store.legacy) is finished to version 7
+and stamped at the baseline revision, in place.
+
+`synchronous = FULL` makes every SQLite commit an fsync of the WAL: a few milliseconds each, so
+many small writes from many threads go through `GroupCommit`, which puts whatever is waiting into
+one transaction (on PostgreSQL it saves a round trip and a commit per row as well).
 """
 
 from __future__ import annotations
 
-import sqlite3
+import json
+import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
-MIGRATIONS: list[tuple[str, ...]] = [
-    # 1: blobs, managed images, galleries, regions' replicas, templates, runs, run outputs, leases.
-    (
-        """CREATE TABLE blobs (
-            digest TEXT PRIMARY KEY,
-            virtual_size INTEGER NOT NULL,
-            size INTEGER NOT NULL,
-            created REAL NOT NULL)""",
-        """CREATE TABLE images (
-            key TEXT PRIMARY KEY,
-            id TEXT NOT NULL,
-            location TEXT NOT NULL,
-            os_type TEXT NOT NULL,
-            os_state TEXT NOT NULL,
-            hyper_v_generation TEXT NOT NULL,
-            digest TEXT NOT NULL REFERENCES blobs(digest),
-            tags TEXT NOT NULL DEFAULT '{}',
-            source TEXT NOT NULL DEFAULT '',
-            boot_tested INTEGER NOT NULL DEFAULT 0,
-            created REAL NOT NULL)""",
-        """CREATE TABLE galleries (
-            key TEXT PRIMARY KEY,
-            id TEXT NOT NULL,
-            location TEXT NOT NULL,
-            description TEXT NOT NULL DEFAULT '',
-            created REAL NOT NULL)""",
-        """CREATE TABLE gallery_images (
-            key TEXT PRIMARY KEY,
-            id TEXT NOT NULL,
-            gallery_key TEXT NOT NULL REFERENCES galleries(key),
-            publisher TEXT NOT NULL,
-            offer TEXT NOT NULL,
-            sku TEXT NOT NULL,
-            os_type TEXT NOT NULL,
-            os_state TEXT NOT NULL,
-            hyper_v_generation TEXT NOT NULL,
-            created REAL NOT NULL)""",
-        """CREATE TABLE gallery_image_versions (
-            key TEXT PRIMARY KEY,
-            id TEXT NOT NULL,
-            image_key TEXT NOT NULL REFERENCES gallery_images(key),
-            major INTEGER NOT NULL,
-            minor INTEGER NOT NULL,
-            patch INTEGER NOT NULL,
-            digest TEXT NOT NULL REFERENCES blobs(digest),
-            exclude_from_latest INTEGER NOT NULL DEFAULT 0,
-            target_regions TEXT NOT NULL DEFAULT '[]',
-            tags TEXT NOT NULL DEFAULT '{}',
-            source TEXT NOT NULL DEFAULT '',
-            boot_tested INTEGER NOT NULL DEFAULT 0,
-            created REAL NOT NULL,
-            UNIQUE (image_key, major, minor, patch))""",
-        """CREATE TABLE replicas (
-            region TEXT NOT NULL,
-            digest TEXT NOT NULL REFERENCES blobs(digest),
-            uri TEXT NOT NULL,
-            method TEXT NOT NULL,
-            created REAL NOT NULL,
-            PRIMARY KEY (region, digest))""",
-        """CREATE TABLE image_templates (
-            key TEXT PRIMARY KEY,
-            id TEXT NOT NULL,
-            template_json TEXT NOT NULL,
-            created REAL NOT NULL,
-            updated REAL NOT NULL)""",
-        """CREATE TABLE runs (
-            run_id TEXT PRIMARY KEY,
-            template_key TEXT NOT NULL,
-            run_state TEXT NOT NULL,
-            run_sub_state TEXT NOT NULL,
-            message TEXT NOT NULL DEFAULT '',
-            start_time REAL NOT NULL,
-            end_time REAL,
-            log_path TEXT NOT NULL DEFAULT '',
-            pid INTEGER,
-            pid_start TEXT NOT NULL DEFAULT '')""",
-        "CREATE INDEX runs_by_template ON runs (template_key, start_time)",
-        """CREATE TABLE run_outputs (
-            run_id TEXT NOT NULL REFERENCES runs(run_id),
-            name TEXT NOT NULL,
-            template_key TEXT NOT NULL,
-            target_type TEXT NOT NULL,
-            artifact_id TEXT NOT NULL DEFAULT '',
-            artifact_uri TEXT NOT NULL DEFAULT '',
-            provisioning_state TEXT NOT NULL,
-            error TEXT NOT NULL DEFAULT '',
-            created REAL NOT NULL,
-            PRIMARY KEY (run_id, name))""",
-        "CREATE INDEX run_outputs_by_template ON run_outputs (template_key, name, created)",
-        """CREATE TABLE leases (
-            id INTEGER PRIMARY KEY,
-            digest TEXT NOT NULL,
-            holder TEXT NOT NULL,
-            pid INTEGER NOT NULL,
-            pid_start TEXT NOT NULL,
-            created REAL NOT NULL)""",
-        "CREATE INDEX leases_by_digest ON leases (digest)",
-    ),
-    # 2: DevTest Labs: labs (in a region) and their custom images (kiln.store.labs).
-    (
-        """CREATE TABLE labs (
-            key TEXT PRIMARY KEY,
-            id TEXT NOT NULL,
-            location TEXT NOT NULL,
-            created REAL NOT NULL)""",
-        """CREATE TABLE lab_custom_images (
-            key TEXT PRIMARY KEY,
-            id TEXT NOT NULL,
-            lab_key TEXT NOT NULL REFERENCES labs(key),
-            name TEXT NOT NULL,
-            os_type TEXT NOT NULL,
-            os_state TEXT NOT NULL,
-            description TEXT NOT NULL DEFAULT '',
-            author TEXT NOT NULL DEFAULT '',
-            image_path TEXT NOT NULL DEFAULT '',
-            digest TEXT NOT NULL REFERENCES blobs(digest),
-            boot_tested INTEGER NOT NULL DEFAULT 0,
-            source TEXT NOT NULL DEFAULT '',
-            tags TEXT NOT NULL DEFAULT '{}',
-            created REAL NOT NULL)""",
-        "CREATE INDEX lab_custom_images_by_lab ON lab_custom_images (lab_key, image_path, created)",
-    ),
-    # 3: the REST API (kiln serve): its access tokens (hashed; kiln.store.tokens), the image
-    # template resources it was given and its long-running operations (kiln.api.resources).
-    (
-        """CREATE TABLE api_tokens (
-            name TEXT PRIMARY KEY,
-            token_hash TEXT NOT NULL UNIQUE,
-            subscriptions TEXT NOT NULL,
-            read_only INTEGER NOT NULL DEFAULT 0,
-            created REAL NOT NULL)""",
-        """CREATE TABLE api_templates (
-            key TEXT PRIMARY KEY,
-            id TEXT NOT NULL,
-            body TEXT NOT NULL,
-            created_by TEXT NOT NULL,
-            created REAL NOT NULL,
-            updated_by TEXT NOT NULL,
-            updated REAL NOT NULL)""",
-        """CREATE TABLE api_operations (
-            id TEXT PRIMARY KEY,
-            kind TEXT NOT NULL,
-            template_key TEXT NOT NULL,
-            status TEXT NOT NULL,
-            run_id TEXT NOT NULL DEFAULT '',
-            error TEXT NOT NULL DEFAULT '',
-            created REAL NOT NULL,
-            ended REAL)""",
-        "CREATE INDEX api_operations_by_template ON api_operations (template_key, created)",
-    ),
-    # 4: AIB triggers of API image templates (kiln.store.triggers): what each last saw of its
-    # template's source, its status, and a run it asked for that no server has started yet.
-    (
-        """CREATE TABLE api_triggers (
-            key TEXT PRIMARY KEY,
-            id TEXT NOT NULL,
-            template_key TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            created_by TEXT NOT NULL,
-            created REAL NOT NULL,
-            seen TEXT NOT NULL DEFAULT '',
-            status_code TEXT NOT NULL,
-            status_message TEXT NOT NULL DEFAULT '',
-            status_time REAL NOT NULL,
-            pending TEXT NOT NULL DEFAULT '',
-            last_operation TEXT NOT NULL DEFAULT '',
-            last_reason TEXT NOT NULL DEFAULT '')""",
-        "CREATE INDEX api_triggers_by_template ON api_triggers (template_key)",
-    ),
-    # 5: which Hyper-V generations an image's or version's disk boots, read from the disk when it
-    # was published ("V1,V2" for kiln's hybrid disks; '' for rows made before this: unknown).
-    (
-        "ALTER TABLE images ADD COLUMN boot_generations TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE gallery_image_versions ADD COLUMN boot_generations TEXT NOT NULL DEFAULT ''",
-    ),
-    # 6: which boot test proved a built image (ssh-login | serial; '' when none ran), on the image
-    # and on the run output that made it (kiln.validate.choose).
-    (
-        "ALTER TABLE images ADD COLUMN boot_test TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE run_outputs ADD COLUMN boot_test TEXT NOT NULL DEFAULT ''",
-    ),
-    # 7: virtual machines made from stored images (kiln.store.vms): each one's disk is an overlay
-    # on its image's blob, so the blob stays while the VM does (kiln.store.maintenance keeps it).
-    (
-        """CREATE TABLE vms (
-            key TEXT PRIMARY KEY,
-            id TEXT NOT NULL,
-            name TEXT NOT NULL,
-            lab_key TEXT NOT NULL DEFAULT '',
-            image_id TEXT NOT NULL,
-            image_key TEXT NOT NULL,
-            digest TEXT NOT NULL REFERENCES blobs(digest),
-            os_type TEXT NOT NULL,
-            hyper_v_generation TEXT NOT NULL,
-            admin_username TEXT NOT NULL,
-            public_key TEXT NOT NULL,
-            key_path TEXT NOT NULL,
-            ssh_port INTEGER NOT NULL,
-            cpus INTEGER NOT NULL,
-            memory_mib INTEGER NOT NULL,
-            disk_size INTEGER NOT NULL,
-            dir TEXT NOT NULL,
-            pid INTEGER,
-            pid_start TEXT NOT NULL DEFAULT '',
-            created REAL NOT NULL)""",
-        "CREATE INDEX vms_by_name ON vms (name)",
-        "CREATE INDEX vms_by_digest ON vms (digest)",
-    ),
-]
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.pool import NullPool
+
+from kiln.errors import InvalidInput
+from kiln.store import legacy, schema
+
+# pg_advisory_xact_lock key of Catalog.write() (any fixed 64-bit number; "kiln" in ASCII).
+WRITE_LOCK = 0x6B696C6E
+CATALOG_HINT = "check [cluster] catalog in config.toml (postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE) " \
+               "and that the server is up and reachable from this host"
+
+
+@lru_cache(maxsize=1024)
+def _named(sql: str) -> tuple[sa.TextClause, tuple[str, ...]]:
+    """`sql` with each `?` outside quotes made a named bind :p0, :p1, ... (and the names, in order)."""
+    names: list[str] = []
+
+    def bind(m: re.Match[str]) -> str:
+        if m.group(0) != "?":
+            return m.group(0)  # a quoted literal or identifier, left as it is
+        names.append(f"p{len(names)}")
+        return f":{names[-1]}"
+
+    return sa.text(re.sub(r"'(?:[^']|'')*'|\"[^\"]*\"|\?", bind, sql)), tuple(names)
+
+
+def _value(v: object) -> object:
+    # Flags are 0/1 integers in both backends; PostgreSQL refuses a boolean for an integer column.
+    return int(v) if isinstance(v, bool) else v
+
+
+class Row:
+    """One row: `row["col"]`, `row[0]`, `a, b = row`, `row.keys()` (what sqlite3.Row offered)."""
+
+    __slots__ = ("_values", "_map")
+
+    def __init__(self, row: sa.Row[Any]) -> None:
+        self._values: tuple[Any, ...] = tuple(row)
+        self._map = row._mapping
+
+    def __getitem__(self, key: int | str) -> Any:
+        return self._map[key] if isinstance(key, str) else self._values[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def keys(self) -> list[str]:
+        return [str(k) for k in self._map.keys()]
+
+    def __repr__(self) -> str:
+        return f"Row({dict(self._map)!r})"
+
+
+class Result:
+    """A statement's rows (read at once, so no cursor stays open) and its rowcount."""
+
+    def __init__(self, result: sa.CursorResult[Any]) -> None:
+        self.rowcount: int = result.rowcount
+        self._rows = [Row(r) for r in result] if result.returns_rows else []
+        self._next = 0
+
+    def fetchone(self) -> Row | None:
+        if self._next >= len(self._rows):
+            return None
+        self._next += 1
+        return self._rows[self._next - 1]
+
+    def scalar(self) -> Any:
+        """The first column of the first row (None if there is none): counts, max()."""
+        return self._rows[0][0] if self._rows else None
+
+    def fetchall(self) -> list[Row]:
+        rows, self._next = self._rows[self._next:], len(self._rows)
+        return rows
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.fetchall())
+
+
+class Db:
+    """What `write()` and `read()` hand out, and `Catalog.conn`: `execute(sql, args)` on one connection."""
+
+    def __init__(self, connection: sa.Connection) -> None:
+        self.connection = connection
+
+    def execute(self, sql: str, args: Sequence[object] | Mapping[str, object] = ()) -> Result:
+        if isinstance(args, Mapping):
+            return Result(self.connection.execute(sa.text(sql), {k: _value(v) for k, v in args.items()}))
+        clause, names = _named(sql)
+        if len(names) != len(args):
+            raise TypeError(f"{len(names)} markers, {len(args)} arguments: {sql}")
+        return Result(self.connection.execute(clause, {n: _value(a) for n, a in zip(names, args, strict=True)}))
+
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        """One statement for many rows (the driver's executemany: one round trip per batch)."""
+        clause, names = _named(sql)
+        self.connection.execute(clause, [{n: _value(a) for n, a in zip(names, row, strict=True)} for row in rows])
 
 
 class Catalog:
     """One connection to the catalog. Not shared between threads; open one per process/thread."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        # isolation_level=None: no implicit transactions; `write()` and `read()` say where they begin.
-        self.conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA busy_timeout = 60000")
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.execute("PRAGMA synchronous = FULL")
-        self.conn.execute("PRAGMA foreign_keys = ON")
+    def __init__(self, where: Path | str) -> None:
+        """`where`: an SQLite file, or a postgresql:// URL ([cluster] catalog)."""
+        self.url, self.engine = _engine(where)
+        self.dialect: str = self.engine.dialect.name  # "sqlite" | "postgresql"
+        self.path = Path(where) if self.dialect == "sqlite" else None
+        try:
+            connection = self.engine.connect()
+        except (exc.OperationalError, exc.InterfaceError) as e:
+            self.engine.dispose()
+            raise InvalidInput(f"cannot open the catalog {self.url}: {_first_line(e)}", hint=CATALOG_HINT) from None
+        self.connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        self.conn = Db(self.connection)
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction holding the database's write lock from its first statement."""
-        self.conn.execute("BEGIN IMMEDIATE")
+    def write(self) -> Iterator[Db]:
+        """A write transaction, serialized with every other writer's from its first statement."""
+        if self.dialect == "sqlite":
+            self.connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            self.connection.exec_driver_sql("BEGIN")
         try:
+            if self.dialect == "postgresql":
+                self.conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.connection.exec_driver_sql("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+        self.connection.exec_driver_sql("COMMIT")
 
     @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
+    def read(self) -> Iterator[Db]:
         """A consistent snapshot for several reads."""
-        self.conn.execute("BEGIN")
+        self.connection.exec_driver_sql("BEGIN" if self.dialect == "sqlite" else
+                                        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
             yield self.conn
         finally:
-            self.conn.execute("COMMIT")
+            self.connection.exec_driver_sql("COMMIT")
 
-    def query(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+    def claim_lock(self) -> str:
+        """The suffix of a SELECT that claims rows other workers may be claiming at the same time:
+        on PostgreSQL each worker locks the rows it gets and skips those another holds; on SQLite
+        `write()`'s database lock already makes the claims one at a time."""
+        return "" if self.dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
+
+    def execute(self, sql: str, args: Sequence[object] = ()) -> Result:
+        """One statement, its own transaction (outside `write()`)."""
+        return self.conn.execute(sql, args)
+
+    def query(self, sql: str, args: Sequence[object] = ()) -> list[Row]:
         return self.conn.execute(sql, args).fetchall()
 
-    def one(self, sql: str, args: tuple[object, ...] = ()) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self.conn.execute(sql, args).fetchone()
-        return row
+    def one(self, sql: str, args: Sequence[object] = ()) -> Row | None:
+        return self.conn.execute(sql, args).fetchone()
 
     def close(self) -> None:
-        self.conn.close()
+        self.connection.close()
+        self.engine.dispose()
 
     def dump(self) -> list[str]:
-        """Every row of every table as text (tests compare dumps taken before and after)."""
-        return list(self.conn.iterdump())
+        """Every row of every table as text, tables by name and rows by primary key, the same on
+        both backends (tests compare dumps taken before and after)."""
+        out: list[str] = []
+        with self.read():
+            present = set(sa.inspect(self.connection).get_table_names())
+            for table in sorted(schema.metadata.tables.values(), key=lambda t: t.name):
+                if table.name not in present:
+                    continue
+                order = list(table.primary_key.columns) or list(table.columns)
+                for r in self.connection.execute(sa.select(table).order_by(*order)):
+                    out.append(f"{table.name}: {json.dumps(list(r), default=str)}")
+        return out
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "orig", None) or e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _engine(where: Path | str) -> tuple[str, sa.Engine]:
+    """The engine for an SQLite path or a PostgreSQL URL, and how to name it in messages (no password)."""
+    if isinstance(where, str) and "://" in where:
+        try:
+            url = sa.make_url(where)
+        except exc.ArgumentError as e:
+            raise InvalidInput(f"the catalog URL {where!r} is not valid: {e}", hint=CATALOG_HINT) from None
+        if url.drivername not in ("postgresql", "postgresql+psycopg"):
+            raise InvalidInput(f"the catalog URL {url.render_as_string(hide_password=True)!r} is not a PostgreSQL URL",
+                               hint=CATALOG_HINT)
+        url = url.set(drivername="postgresql+psycopg")
+        shown = url.set(drivername="postgresql").render_as_string(hide_password=True)
+        return shown, sa.create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10})
+    path = Path(where)
+    engine = sa.create_engine(f"sqlite:///{path}", poolclass=NullPool,
+                              connect_args={"timeout": 60, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cur = dbapi_connection.cursor()
+        for pragma in ("busy_timeout = 60000", "journal_mode = WAL", "synchronous = FULL", "foreign_keys = ON"):
+            cur.execute(f"PRAGMA {pragma}")
+        cur.close()
+
+    return str(path), engine
 
 
 T = TypeVar("T")
@@ -356,18 +325,38 @@ class GroupCommit(Generic[T, R]):
             self._cond.notify_all()
 
 
-def open_catalog(path: Path) -> Catalog:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cat = Catalog(path)
-    (version,) = cat.conn.execute("PRAGMA user_version").fetchone()
-    if version < len(MIGRATIONS):
-        with cat.write() as db:
-            (version,) = db.execute("PRAGMA user_version").fetchone()  # re-read under the lock
-            for i in range(version, len(MIGRATIONS)):
-                for stmt in MIGRATIONS[i]:
-                    db.execute(stmt)
-                db.execute(f"PRAGMA user_version = {i + 1}")
+def open_catalog(where: Path | str) -> Catalog:
+    """Open (making it if new) the catalog at an SQLite path or a postgresql:// URL, migrated to
+    the newest revision."""
+    if not (isinstance(where, str) and "://" in where):
+        Path(where).parent.mkdir(parents=True, exist_ok=True)
+    cat = Catalog(where)
+    try:
+        from kiln.store.migrations import upgrade
+
+        with cat.write() as db:  # the lock: a second process opening now waits, then finds it done
+            if cat.dialect == "sqlite":
+                _finish_legacy(db)
+            upgrade(cat.connection)
+    except BaseException:
+        cat.close()
+        raise
     return cat
+
+
+def _finish_legacy(db: Db) -> None:
+    """Bring a pre-Alembic SQLite catalog (user_version 1..6) to legacy version 7, in place."""
+    row = db.execute("PRAGMA user_version").fetchone()
+    version = int(row[0]) if row else 0
+    if version == 0:
+        return
+    if version > legacy.VERSION:
+        raise InvalidInput(f"the catalog's schema version {version} is newer than this kiln knows",
+                           hint="use the kiln that made it, or a newer one")
+    for i in range(version, legacy.VERSION):
+        for stmt in legacy.MIGRATIONS[i]:
+            db.execute(stmt)
+    db.execute(f"PRAGMA user_version = {legacy.VERSION}")
 
 
 def now() -> float:

@@ -170,7 +170,7 @@ class Galleries:
     def delete(self, gallery_id: str | ResourceId) -> Gallery:
         gallery = self.get(gallery_id)
         with self.catalog.write() as db:
-            n = db.execute("SELECT count(*) FROM gallery_images WHERE gallery_key = ?", (gallery.id.key,)).fetchone()[0]
+            n = db.execute("SELECT count(*) FROM gallery_images WHERE gallery_key = ?", (gallery.id.key,)).scalar()
             if n:
                 raise InvalidInput(f"gallery {gallery.id} still has {n} image definition(s)",
                                    hint="delete its image definitions first (kiln gallery image-definition delete)")
@@ -226,7 +226,7 @@ class Galleries:
     def delete_definition(self, definition_id: str | ResourceId) -> GalleryImageDefinition:
         d = self.get_definition(definition_id)
         with self.catalog.write() as db:
-            n = db.execute("SELECT count(*) FROM gallery_image_versions WHERE image_key = ?", (d.id.key,)).fetchone()[0]
+            n = db.execute("SELECT count(*) FROM gallery_image_versions WHERE image_key = ?", (d.id.key,)).scalar()
             if n:
                 raise InvalidInput(f"image definition {d.id} still has {n} version(s)",
                                    hint="delete its versions first (kiln gallery image-version delete)")

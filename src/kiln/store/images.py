@@ -9,7 +9,6 @@ is finished by running it again.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from kiln.store.common import (
     new_holder,
     split_generations,
 )
-from kiln.store.db import Catalog, now
+from kiln.store.db import Catalog, Row, now
 from kiln.store.regions import Regions
 
 
@@ -82,7 +81,7 @@ class Images:
         self.blobs = blobs
         self.regions = regions
 
-    def _row(self, r: sqlite3.Row, *, fetch: bool = True) -> ManagedImage:
+    def _row(self, r: Row, *, fetch: bool = True) -> ManagedImage:
         blob = self.blobs.get(r["digest"], fetch=fetch)
         return ManagedImage(
             id=ids.parse(r["id"], ids.IMAGE), location=r["location"], os_type=r["os_type"], os_state=r["os_state"],

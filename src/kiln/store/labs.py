@@ -194,7 +194,7 @@ class Labs:
     def delete(self, lab: str | ResourceId, *, with_images: bool = False) -> Lab:
         found = self.get(lab)
         with self.catalog.write() as db:
-            (count,) = db.execute("SELECT count(*) FROM lab_custom_images WHERE lab_key = ?", (found.id.key,)).fetchone()
+            count = db.execute("SELECT count(*) FROM lab_custom_images WHERE lab_key = ?", (found.id.key,)).scalar()
             if count and not with_images:
                 raise InvalidInput(f"lab {found.id} still has {count} custom image(s)",
                                    hint="delete them first, or pass --with-images to delete the lab with its images")

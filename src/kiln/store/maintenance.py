@@ -29,11 +29,10 @@ from typing import TYPE_CHECKING, Any
 from kiln.events import Monitor, NullMonitor
 from kiln.store import files, worklock
 from kiln.store.blobs import BlobCorrupt, pid_alive
+from kiln.store.db import Db
 from kiln.store.worklock import KEEP_MARKER
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from kiln.config import RegionConfig
     from kiln.store.store import Store
 
@@ -141,7 +140,7 @@ def gc(store: Store, monitor: Monitor | None = None) -> GcReport:
     return report
 
 
-def _live_leases(db: sqlite3.Connection) -> set[str]:
+def _live_leases(db: Db) -> set[str]:
     return {r["digest"] for r in db.execute("SELECT digest, pid, pid_start FROM leases").fetchall()
             if pid_alive(r["pid"], r["pid_start"])}
 

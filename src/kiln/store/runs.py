@@ -17,7 +17,6 @@ import builtins
 import datetime
 import json
 import os
-import sqlite3
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from kiln import ids
 from kiln.errors import InvalidInput, NotFound
 from kiln.ids import ResourceId
 from kiln.store.blobs import pid_alive, process_start
-from kiln.store.db import Catalog, now
+from kiln.store.db import Catalog, Row, now
 
 RUN_STATES = ("Running", "Canceling", "Succeeded", "PartiallySucceeded", "Failed", "Canceled")
 FINAL_STATES = ("Succeeded", "PartiallySucceeded", "Failed", "Canceled")
@@ -175,14 +174,18 @@ class Runs:
         _check(output.provisioning_state, PROVISIONING_STATES, "provisioningState")
         t = now()
         with self.catalog.write() as db:
-            db.execute("INSERT OR REPLACE INTO run_outputs (run_id, name, template_key, target_type, artifact_id,"
-                       " artifact_uri, provisioning_state, error, created, boot_test) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO run_outputs (run_id, name, template_key, target_type, artifact_id,"
+                       " artifact_uri, provisioning_state, error, created, boot_test) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                       " ON CONFLICT (run_id, name) DO UPDATE SET template_key = excluded.template_key,"
+                       " target_type = excluded.target_type, artifact_id = excluded.artifact_id,"
+                       " artifact_uri = excluded.artifact_uri, provisioning_state = excluded.provisioning_state,"
+                       " error = excluded.error, created = excluded.created, boot_test = excluded.boot_test",
                        (run_id, output.name, output.template_id.key, output.target_type, output.artifact_id,
                         output.artifact_uri, output.provisioning_state, output.error, t, output.boot_test))
         return RunOutput(output.name, output.template_id, output.target_type, output.provisioning_state,
                          output.artifact_id, output.artifact_uri, output.error, run_id, t, output.boot_test)
 
-    def _outputs(self, rows: list[sqlite3.Row]) -> tuple[RunOutput, ...]:
+    def _outputs(self, rows: list[Row]) -> tuple[RunOutput, ...]:
         tids = {r["template_key"]: self._template_key_id(r["template_key"]) for r in rows}
         return tuple(RunOutput(r["name"], tids[r["template_key"]], r["target_type"], r["provisioning_state"],
                                r["artifact_id"], r["artifact_uri"], r["error"], r["run_id"], r["created"],
@@ -192,7 +195,7 @@ class Runs:
         r = self.catalog.one("SELECT id FROM image_templates WHERE key = ?", (key,))
         return ids.parse(r["id"] if r else key)
 
-    def _run(self, r: sqlite3.Row) -> Run:
+    def _run(self, r: Row) -> Run:
         outputs = self._outputs(self.catalog.query("SELECT * FROM run_outputs WHERE run_id = ? ORDER BY name", (r["run_id"],)))
         return Run(r["run_id"], self._template_key_id(r["template_key"]), r["run_state"], r["run_sub_state"], r["message"],
                    r["start_time"], r["end_time"], r["log_path"], outputs)

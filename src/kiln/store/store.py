@@ -5,7 +5,7 @@
         boot(image.disk)            # a DiskRef: qemu -drive file=...,format=vpc,readonly=on
 
 `Store.open` creates the state home and applies schema migrations. Every process opens its own
-Store; they coordinate through SQLite (WAL, write transactions) and the filesystem (atomic
+Store; they coordinate through the catalog (SQLite or PostgreSQL: kiln.store.db's write transactions) and the filesystem (atomic
 renames), never through memory.
 """
 
@@ -44,7 +44,7 @@ class Store:
     def open(cls, config: Config) -> Store:
         for d in (config.home, config.blobs_dir, config.work_dir, config.runs_dir):
             Path(d).mkdir(parents=True, exist_ok=True)
-        return cls(config, open_catalog(config.catalog_path))
+        return cls(config, open_catalog(config.cluster.catalog or config.catalog_path))
 
     def gc(self, monitor: Monitor | None = None) -> GcReport:
         return gc(self, monitor)

@@ -11,11 +11,12 @@ import hashlib
 import json
 import re
 import secrets
-import sqlite3
 from dataclasses import dataclass
 
+from sqlalchemy.exc import IntegrityError
+
 from kiln.errors import InvalidInput, NotFound
-from kiln.store.db import Catalog, now
+from kiln.store.db import Catalog, Row, now
 
 PREFIX = "kiln_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -56,7 +57,7 @@ class Tokens:
             with self.catalog.write() as db:
                 db.execute("INSERT INTO api_tokens (name, token_hash, subscriptions, read_only, created) VALUES (?, ?, ?, ?, ?)",
                            (name, _hash(secret), json.dumps(subs), int(read_only), now()))
-        except sqlite3.IntegrityError as e:
+        except IntegrityError as e:
             raise InvalidInput(f"a token named {name!r} exists already", hint=f"kiln token revoke {name} first") from e
         return secret
 
@@ -74,5 +75,5 @@ class Tokens:
                 raise NotFound(f"no token named {name!r}", hint="kiln token list shows the tokens")
 
     @staticmethod
-    def _token(r: sqlite3.Row) -> Token:
+    def _token(r: Row) -> Token:
         return Token(r["name"], tuple(json.loads(r["subscriptions"])), bool(r["read_only"]), r["created"])

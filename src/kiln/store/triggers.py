@@ -11,12 +11,11 @@ new source version asks for exactly one run, however many checkers race.
 from __future__ import annotations
 
 import builtins
-import sqlite3
 from dataclasses import dataclass
 
 from kiln import ids
 from kiln.ids import ResourceId
-from kiln.store.db import Catalog, now
+from kiln.store.db import Catalog, Row, now
 
 KINDS = ("SourceImage",)
 
@@ -42,7 +41,7 @@ class Triggers:
         self.catalog = catalog
 
     @staticmethod
-    def _row(r: sqlite3.Row) -> Trigger:
+    def _row(r: Row) -> Trigger:
         rid = ids.parse(r["id"])
         return Trigger(rid, rid.parent(), r["kind"], r["created_by"], r["created"], r["seen"], r["status_code"],
                        r["status_message"], r["status_time"], r["pending"], r["last_operation"], r["last_reason"])

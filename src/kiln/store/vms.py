@@ -18,7 +18,6 @@ from __future__ import annotations
 import builtins
 import datetime
 import re
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from kiln import ids
 from kiln.errors import InvalidInput, NotFound
 from kiln.ids import ResourceId
 from kiln.store.blobs import pid_alive
-from kiln.store.db import Catalog, now
+from kiln.store.db import Catalog, Row, now
 
 VM = "Microsoft.Compute/virtualMachines"
 LAB_VM = "Microsoft.DevTestLab/labs/virtualmachines"
@@ -162,7 +161,7 @@ class Vms:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
 
-    def _row(self, r: sqlite3.Row) -> VirtualMachine:
+    def _row(self, r: Row) -> VirtualMachine:
         return VirtualMachine(
             id=ids.try_parse(r["id"]) or ids.parse(r["id"]), image_id=r["image_id"], digest=r["digest"],
             os_type=r["os_type"], hyper_v_generation=r["hyper_v_generation"], admin_username=r["admin_username"],
@@ -182,7 +181,7 @@ class Vms:
             if found is None:
                 raise NotFound(f"VM {rid} does not exist", hint="kiln vm list shows the VMs")
             return found
-        rows = self.catalog.query("SELECT * FROM vms WHERE name = ? COLLATE NOCASE ORDER BY key", (text,))
+        rows = self.catalog.query("SELECT * FROM vms WHERE lower(name) = lower(?) ORDER BY key", (text,))
         if not rows:
             raise NotFound(f"no VM is named {text!r}", hint="kiln vm list shows the VMs; kiln vm create makes one")
         if len(rows) > 1:
