@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from processes import alive, eventually
+from store_helpers import snapshot
 
 from .conftest import Kiln, image_id
 
@@ -169,6 +170,12 @@ def test_lab_vms_have_lab_ids(kiln: Kiln, raw_disk: Path) -> None:
     # A lab VM is made from its own lab's images only.
     wrong = kiln("lab", "vm", "create", LAB, "dev2", "--image", image, "--no-wait")
     assert wrong.returncode == 2 and "not a custom image of lab" in wrong.stderr
+    # A lab with VMs is not deleted (with or without its images): its VMs would be left unlisted.
+    before = snapshot(kiln.home)[0]  # the catalog (the running VM writes its files meanwhile)
+    for extra in ((), ("--with-images",)):
+        kept = kiln("lab", "delete", LAB, *extra)
+        assert kept.returncode == 2 and "still has 1 VM(s): dev" in kept.stderr and "Traceback" not in kept.stderr
+    assert snapshot(kiln.home)[0] == before
     kiln.ok("lab", "vm", "delete", LAB, "dev")
     assert kiln.json("lab", "vm", "list", LAB) == []
 

@@ -194,6 +194,10 @@ class Labs:
     def delete(self, lab: str | ResourceId, *, with_images: bool = False) -> Lab:
         found = self.get(lab)
         with self.catalog.write() as db:
+            vms = [r[0] for r in db.execute("SELECT name FROM vms WHERE lab_key = ? ORDER BY name", (found.id.key,))]
+            if vms:  # their disks and QEMU processes would be left with no lab to list them
+                raise InvalidInput(f"lab {found.id} still has {len(vms)} VM(s): {', '.join(vms)}",
+                                   hint=f"delete them first: kiln lab vm delete {found.id} NAME")
             count = db.execute("SELECT count(*) FROM lab_custom_images WHERE lab_key = ?", (found.id.key,)).scalar()
             if count and not with_images:
                 raise InvalidInput(f"lab {found.id} still has {count} custom image(s)",
