@@ -106,7 +106,10 @@ def wait_for_login(target: SshTarget, *, timeout_s: float, alive: Callable[[], b
         if not alive():
             return None
         try:
-            if run(ssh_argv(target, check, connect_timeout=5), check=False, capture=True, timeout=60).returncode == 0:
+            # A generous ConnectTimeout (it bounds the banner exchange too): a starved TCG guest's sshd
+            # can take many seconds to answer, and a client that gives up first never gets in, while
+            # a closed port is refused at once whatever the timeout.
+            if run(ssh_argv(target, check, connect_timeout=30), check=False, capture=True, timeout=90).returncode == 0:
                 return time.monotonic() - started
         except ToolFailed:  # the guest accepted the connection and then hung: try again
             pass
