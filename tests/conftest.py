@@ -20,24 +20,37 @@ __all__ = ["REPO", "conformance"]
 if TYPE_CHECKING:
     from debian_root import CachedRoot
 
-# scripts/test runs the suite with pytest-xdist, one test folder per worker at a time
-# (`--dist loadgroup`): a folder's session fixtures (its built images, its booted VMs) are then
-# made once, by the worker that runs the folder. Folders are handed out in this order, the longest
-# first, so that the last one to start is a short one.
+# scripts/test runs the suite with pytest-xdist, one test folder per worker at a time: a folder's
+# session fixtures (its built images, its booted VMs) are then made once, by the worker that runs
+# the folder. Folders are handed out in this order, the longest first, so that the last one to
+# start is a short one. (xdist's own `--dist loadgroup` cannot do it with pytest 9: it renames
+# items through an attribute pytest no longer reads, so the folder is the scheduler's scope here.)
 LONGEST_FIRST = ("pipeline", "firstboot", "vms", "validate", "api", "disk", "cluster", "factory",
                  "customizers", "sources", "sandbox", "distribute", "store", "template")
 
 
-def _folder(item: pytest.Item) -> str:
-    parts = Path(item.path).relative_to(Path(__file__).parent).parts
-    return parts[0] if len(parts) > 1 else "tests"
+def _folder_of(nodeid: str) -> str:
+    """`tests/disk/test_x.py::test_y` -> "disk"; a test directly in tests/ -> "tests"."""
+    parts = nodeid.split("::", 1)[0].split("/")
+    return parts[1] if len(parts) > 2 else "tests"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(_folder(item), len(rank)))  # stable: a folder keeps its order
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_folder(item)))
+    items.sort(key=lambda item: rank.get(_folder_of(item.nodeid), len(rank)))  # stable: a folder keeps its order
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FolderScheduling(LoadScopeScheduling):
+        """xdist's scope scheduling, with the test's top-level folder as its scope."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return _folder_of(nodeid)
+
+    return FolderScheduling(config, log)
 
 
 @pytest.fixture
