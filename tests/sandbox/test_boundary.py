@@ -192,11 +192,16 @@ def default_gateway() -> str:
 
 
 def kiln_cgroups() -> list[Path]:
+    """Sandbox cgroups left behind: their kiln (named by pid) has exited. A live kiln's are its own
+    business (the suite runs tests in parallel, and another test's build may be running now)."""
     found = []
     for controller in ("memory", "pids"):
         base, _ = limits._own_cgroup(controller)
         if base is not None:
-            found += list(base.glob(limits.PREFIX + "*"))
+            for entry in base.glob(limits.PREFIX + "*"):
+                pid = entry.name[len(limits.PREFIX):].split("-")[0]
+                if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
+                    found.append(entry)
     return found
 
 
