@@ -136,7 +136,7 @@ def test_killing_kiln_leaves_no_qemu_and_no_temp_dir(unbootable_disk: Path, tmp_
         assert qemu_running, kiln.stderr.read().decode() if kiln.poll() is not None else "QEMU did not start"
         assert list(work.glob("kiln-vm-*"))
         kiln.send_signal(sig)
-        kiln.wait(timeout=30)
+        kiln.wait(timeout=300)
     finally:
         if kiln.poll() is None:
             kiln.kill()

@@ -126,7 +126,7 @@ def test_ctrl_c_cancels(kiln: Kiln, tmp_path: Path) -> None:
             assert proc.poll() is None, proc.communicate()
             time.sleep(1)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -150,7 +150,7 @@ def test_windows_template_fails_fast(kiln: Kiln, tmp_path: Path) -> None:
     path = tmp_path / "win.json"
     path.write_text(text)
     before = store_state(kiln)
-    proc = kiln("build", str(path), check=False, timeout=120)
+    proc = kiln("build", str(path), check=False, timeout=600)
     assert proc.returncode == 2, proc.stderr
     assert "Windows" in proc.stderr and "Traceback" not in proc.stderr
     assert store_state(kiln) == before

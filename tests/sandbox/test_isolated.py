@@ -98,7 +98,7 @@ def test_killing_kiln_leaves_no_process_or_mount(fresh_root: Path, sig: signal.S
         assert wait_until(lambda: (fresh_root / "tmp/started").exists(), 60), "the command never started"
         assert len(processes_in(fresh_root)) >= 2
         child.send_signal(sig)
-        child.wait(timeout=60)
+        child.wait(timeout=300)
         assert wait_until(lambda: processes_in(fresh_root) == []), f"left behind: {processes_in(fresh_root)}"
         assert host_mounts_under(fresh_root) == []
     finally:
