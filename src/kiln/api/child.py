@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from kiln.events import Event, JsonMonitor
@@ -39,7 +40,6 @@ def main(argv: list[str]) -> int:
     from kiln.api.resources import Resources
     from kiln.api.templates import load_body
     from kiln.config import load_config
-    from kiln.errors import KilnError
     from kiln.pipeline.build import build
     from kiln.pipeline.context import BuildOptions
     from kiln.store.store import Store
@@ -57,23 +57,17 @@ def main(argv: list[str]) -> int:
         if resource is None:
             print(f"image template {template_id} is gone", file=sys.stderr)
             return 2
-        try:
-            template = load_body(resource.body, template_id, config)
-            build(template, config=config, store=store, monitor=ServerPipe(sys.stdout), options=options,
-                  template_id=template_id)
-        except KilnError as e:
-            print(json.dumps({"kind": "error", "message": e.render()}), file=sys.stderr)
-            return e.exit_code
-        except KeyboardInterrupt:
-            return 130
-    return 0
+        def one() -> None:
+            build(load_body(resource.body, template_id, config), config=config, store=store,
+                  monitor=ServerPipe(sys.stdout), options=options, template_id=template_id)
+
+        return _exit_code(one)
 
 
 def job_main(argv: list[str]) -> int:
     """A cluster worker's build: `python -m kiln.api.child HOME --job FILE` (a kiln.cluster BuildRequest)."""
     from kiln.cluster.engine import BuildRequest
     from kiln.config import load_config
-    from kiln.errors import KilnError
     from kiln.pipeline.build import build
     from kiln.store.store import Store
 
@@ -82,14 +76,24 @@ def job_main(argv: list[str]) -> int:
     if request.kind == "api":
         return main([str(config.home), request.template_id])
     with Store.open(config) as store:
-        try:
+        def one() -> None:
             template, options = request.load_document(config)
             build(template, config=config, store=store, monitor=ServerPipe(sys.stdout), options=options)
-        except KilnError as e:
-            print(json.dumps({"kind": "error", "message": e.render()}), file=sys.stderr)
-            return e.exit_code
-        except KeyboardInterrupt:
-            return 130
+
+        return _exit_code(one)
+
+
+def _exit_code(build_one: Callable[[], None]) -> int:
+    """Run one build; a user's mistake or a failed build is its exit code and one JSON line on stderr."""
+    from kiln.errors import KilnError
+
+    try:
+        build_one()
+    except KilnError as e:
+        print(json.dumps({"kind": "error", "message": e.render()}), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

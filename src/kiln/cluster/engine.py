@@ -90,8 +90,9 @@ class RunInFlight:
 
 
 class JobEngine(Protocol):
-    def enqueue(self, request: BuildRequest) -> str:
-        """Queue a build; returns its job id (the key of its event stream)."""
+    def enqueue(self, request: BuildRequest, job_id: str | None = None) -> str:
+        """Queue a build; returns its job id (the key of its event stream). With `job_id`, once only:
+        a job of that id already there is followed, not queued again."""
         ...
 
     def cancel(self, job_or_run_id: str) -> bool:
