@@ -7,6 +7,7 @@ the sources, sandbox and customizers tests) and the small real disks of tests/st
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,14 @@ if TYPE_CHECKING:
 # the folder. Folders are handed out in this order, the longest first, so that the last one to
 # start is a short one. (xdist's own `--dist loadgroup` cannot do it with pytest 9: it renames
 # items through an attribute pytest no longer reads, so the folder is the scheduler's scope here.)
+# A suite started in the background by a non-interactive shell (`scripts/test &`, a CI runner's
+# job) inherits SIGINT ignored, and so does every kiln it starts: Python installs its Ctrl-C
+# handler only where SIGINT is not ignored, so the Ctrl-C tests' builds would never see their
+# Ctrl-C and run to their end. A handler (not an ignore) is reset to the default by exec, so
+# each kiln a test starts gets Ctrl-C as a user's terminal gives it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 LONGEST_FIRST = ("pipeline", "firstboot", "vms", "validate", "api", "disk", "cluster", "factory",
                  "customizers", "sources", "sandbox", "distribute", "store", "template")
 
