@@ -58,6 +58,10 @@ class Kiln:
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 1800, **kw) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "KILN_HOME": str(self.home)}
+        if args[:1] == ("build",) and "--boot-timeout" not in args:
+            # kiln's default (300 s) is for a host doing one build; here two test folders boot
+            # under TCG at once on two cores, and a busy machine took over 300 s to an SSH login.
+            args = ("build", "--boot-timeout", "900", *args[1:])
         proc = subprocess.run([sys.executable, "-m", "kiln", *args], env=env, text=True, capture_output=True,
                               timeout=timeout, stdin=subprocess.DEVNULL, **kw)
         if check and proc.returncode != 0:
