@@ -27,7 +27,7 @@ GOLDEN = {"Base/a.json": "a", "Base/b.json": "b", "Apps/c.json": "c", "Apps/d.js
 LABS = {"LabAll": ["Base", "Apps"], "LabBase": ["Base"], "LabC": ["Apps/c.json"], "LabMixed": ["Base/a.json", "Apps\\d.json"]}
 SELECTED = {"LabAll": set(GOLDEN), "LabBase": {"Base/a.json", "Base/b.json"}, "LabC": {"Apps/c.json"},
             "LabMixed": {"Base/a.json", "Apps/d.json"}}
-BOOT_TIMEOUT = "1200"  # TCG, several boots at once on a shared 2-core machine
+BOOT_TIMEOUT = "2400"  # TCG, six boots at once on a shared 2-core machine: SSH login took 850-1130 s here
 
 
 def lab_id(name: str) -> str:
