@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from kiln.cluster.engine import BuildRequest
 from kiln.cluster.routing import requirements
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from kiln.store.labs import Lab
     from kiln.template.model import ImageTemplate
 
-KIND = "factory"
+KIND: Final = "factory"
 
 
 def golden_request(factory: Factory, golden: GoldenImage, lab: Lab, image_id: ResourceId,
