@@ -48,6 +48,11 @@ def test_kiln_build_enqueues_and_a_worker_builds_and_publishes(two: Cluster, tmp
     assert ran[2] == "Succeeded" and ran[0] in out
     runs = kiln(two.submitter, "runs", "show", ran[0], "--json").stdout
     assert '"runState": "Succeeded"' in runs
+    # The worker's log, with the customizer's own output, is copied to the submitter's state home.
+    copy = two.submitter / "runs" / ran[0] / "worker-customization.log"
+    assert f"log: {copy} (a copy of the worker's " in out
+    worker_log = next(w for w in two.workers.values() if ran in w.runs()).home / "runs" / ran[0] / "customization.log"
+    assert "hello-from-a-worker" in copy.read_text() and copy.read_text() == worker_log.read_text()
 
 
 def test_two_workers_both_take_work(two: Cluster, tmp_path) -> None:

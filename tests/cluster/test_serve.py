@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 from clusterlib import Cluster, processes_with
 
 from processes import eventually
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
-from kilnserve import RG, SUB, start_server  # noqa: E402
+from kilnserve import API_VERSION, RG, SUB, start_server  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +59,12 @@ def test_the_sdk_runs_a_template_on_a_worker_and_cancels_one(cluster: Cluster) -
         assert ran[2] == "Succeeded"
         events = [json.loads(line) for line in (cluster.submitter / "runs" / ran[0] / "events.jsonl").read_text().splitlines()]
         assert any(e["kind"] == "step" and e["name"] == "validate" for e in events)  # the worker's events, at the server
+        # kiln's log stream of the run serves the server's copy of the worker's log, customizer output included.
+        log = requests.get(f"{server.url}/subscriptions/{SUB}/resourceGroups/{RG}/providers/"
+                           f"Microsoft.VirtualMachineImages/imageTemplates/viaq/runs/{ran[0]}/log",
+                           params={"api-version": API_VERSION}, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        assert log.status_code == 200 and "hello-through-the-queue" in log.text, log.text[-2000:]
+        assert "[finish] build ok=True" in log.text
 
         templates.begin_create_or_update(RG, "slowq", debian12("slowq", "echo slow", "sleep 947")).result()
         poller = templates.begin_run(RG, "slowq")

@@ -199,7 +199,7 @@ def create_app(service: Service) -> FastAPI:
         """kiln's extension: the run's customization.log, followed until the run ends."""
         guard(request, sub)
         run = service.run_of(template_id(sub, rg, name), run_id)
-        return StreamingResponse(_follow(service, run.run_id, run.log_path), media_type="text/plain; charset=utf-8")
+        return StreamingResponse(_follow(service, run.run_id, service.log_path(run)), media_type="text/plain; charset=utf-8")
 
     @app.get(P + "/{name}/runs/{run_id}/events")
     def run_events(request: Request, sub: str, rg: str, name: str, run_id: str) -> Response:

@@ -51,6 +51,7 @@ class Service:
         self.config = config
         self.settings = settings
         self.monitor = monitor or NullMonitor()
+        self._log_copies: dict[str, Any] = {}  # operation id -> its run's LogCopy (cluster builds)
         if executor is None and config.cluster.queue:  # builds go to the cluster's workers (kiln.cluster)
             from kiln.cluster.executor import RqExecutor
             executor = RqExecutor(config, self._on_event, self._on_done)
@@ -265,6 +266,10 @@ class Service:
             self.events_path(run_id).parent.mkdir(parents=True, exist_ok=True)  # a cluster's run logs on its worker
             with self.events_path(run_id).open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(data) + "\n")
+        if self.config.cluster.queue:  # the worker's log, copied here for GET .../runs/{runId}/log
+            from kiln.cluster.runlog import LogCopy
+
+            self._log_copies.setdefault(job.op_id, LogCopy(self.config.runs_dir))(data)
         fields = {k: v for k, v in data.items() if k in Event.__dataclass_fields__}
         try:
             self.monitor.emit(Event(**fields))
@@ -272,6 +277,8 @@ class Service:
             pass
 
     def _on_done(self, job: Job, code: int) -> None:
+        if (copy := self._log_copies.pop(job.op_id, None)) is not None:
+            copy.close()
         res, store = self.resources(), self.store()
         op = res.operation(job.op_id)
         if op is None:
@@ -322,6 +329,17 @@ class Service:
         if run is None or run.template_id != rid:
             raise ArmError(404, "ResourceNotFound", f"image template {rid.name!r} has no run {run_id!r}")
         return run
+
+    def log_path(self, run: Run) -> str:
+        """The run's customization.log as this server reads it: with a cluster queue, the copy it
+        keeps of a worker's log (kiln.cluster.runlog), unless the run left a log of its own here."""
+        if self.config.cluster.queue:
+            from kiln.cluster.runlog import copy_path
+
+            copy = copy_path(self.config.runs_dir, run.run_id)
+            if copy.exists() or not Path(run.log_path).is_relative_to(self.config.runs_dir):
+                return str(copy)
+        return run.log_path
 
     def events_path(self, run_id: str) -> Path:
         return self.config.runs_dir / run_id / "events.jsonl"

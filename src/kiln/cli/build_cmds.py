@@ -37,6 +37,7 @@ def build_cmd(app: App, template: Path, parameters: tuple[str, ...], no_validate
     options = BuildOptions(validate=not no_validate, boot_timeout_s=boot_timeout, keep_work=keep_work)
     monitor = make_monitor(app, json_stream=sys.stdout)  # kiln build streams its JSON events on stdout (always has)
     if app.config.cluster.queue and not local:  # enqueue for the workers (kiln.cluster), follow, same output
+        from kiln.cluster.runlog import copy_path
         from kiln.cluster.submit import engine, requests_for, run_queued
         from kiln.jsonfile import read_json
 
@@ -46,7 +47,7 @@ def build_cmd(app: App, template: Path, parameters: tuple[str, ...], no_validate
         for request in requests:
             run_id = run_queued(app.config, rq, request, monitor)
             with open_store(app) as store:
-                print_run(store.runs.get(run_id), as_json)
+                print_run(store.runs.get(run_id), as_json, log_copy=copy_path(app.config.runs_dir, run_id))
         return
     with open_store(app) as store:
         for t in templates:
@@ -55,8 +56,11 @@ def build_cmd(app: App, template: Path, parameters: tuple[str, ...], no_validate
             print_run(run, as_json)
 
 
-def print_run(run: Run, as_json: bool) -> None:
+def print_run(run: Run, as_json: bool, log_copy: Path | None = None) -> None:
+    """`log_copy`: the submitter's copy of the log of a run built on a cluster's worker."""
     data = run.to_json()
+    if log_copy is not None and log_copy.exists():
+        data["kiln"] = {**data.get("kiln", {}), "logCopy": str(log_copy)}
     if as_json:
         print_json(data)
         return
@@ -67,7 +71,10 @@ def print_run(run: Run, as_json: bool) -> None:
                 [(o["name"], o["properties"]["provisioningState"], o["properties"].get("artifactId") or "",
                   o["properties"].get("artifactUri") or "") for o in data.get("runOutputs", [])],
                 whole=("runOutputName", "artifactId", "artifactUri"))
-    click.echo(f"log: {data.get('logPath', '')}")
+    if log_copy is not None and log_copy.exists():
+        click.echo(f"log: {log_copy} (a copy of the worker's {data.get('logPath', '')})")
+    else:
+        click.echo(f"log: {data.get('logPath', '')}")
 
 
 @click.group("runs")

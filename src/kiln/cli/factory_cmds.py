@@ -1,18 +1,19 @@
 """`kiln factory ...` (the DevTest Labs image factory) and `kiln lab ...` (labs and their images).
 
     kiln factory validate CONFIG_DIR
-    kiln factory build CONFIG_DIR [--max-concurrent-jobs N]
+    kiln factory build CONFIG_DIR [--max-concurrent-jobs N] [--local]
     kiln factory save
     kiln factory distribute CONFIG_DIR [--max-concurrent-jobs 20] [--create-labs-in REGION]
     kiln factory retire CONFIG_DIR --images-to-save N [--dry-run]
     kiln factory cleanup [--dry-run]
-    kiln factory run CONFIG_DIR                       (all of the above, in order)
+    kiln factory run CONFIG_DIR [--local]             (all of the above, in order)
     kiln lab create ID --location R | list | show ID | delete ID [--with-images]
     kiln lab image list LAB | show ID | delete ID
 
 The factory lab (where golden images are saved) is `--factory-lab ID` or $KILN_FACTORY_LAB,
 created on first use in `--location` (default: the first configured region). The steps and
-their order are kiln.factory.run's; this module parses options and prints.
+their order are kiln.factory.run's; this module parses options and prints. With `[cluster] queue`
+configured, builds run as jobs on the cluster's workers (`--local`: in place, as without one).
 """
 
 from __future__ import annotations
@@ -134,6 +135,8 @@ def register_factory(cli: click.Group) -> None:
     config_arg = click.argument("config_dir", type=click.Path(path_type=Path))
     jobs_opt = click.option("--max-concurrent-jobs", "jobs", type=click.IntRange(min=1), default=None,
                             help="How many jobs at once.")
+    local_opt = click.option("--local", is_flag=True,
+                             help="Build on this host even when a cluster queue is configured.")
 
     @factory.command("validate")
     @config_arg
@@ -168,17 +171,19 @@ def register_factory(cli: click.Group) -> None:
     @jobs_opt
     @click.option("--no-validate", is_flag=True, help="Skip boot tests (images are saved as not boot-tested).")
     @click.option("--boot-timeout", type=float, default=300.0, show_default=True)
+    @local_opt
     @_artifact_opt
     @_factory_lab_opt
     @pass_app
-    def build(app: App, config_dir: Path, jobs: int | None, no_validate: bool, boot_timeout: float,
+    def build(app: App, config_dir: Path, jobs: int | None, no_validate: bool, boot_timeout: float, local: bool,
               artifact_repos: tuple[Path, ...], factory_lab: str, location: str | None) -> None:
         """Build every golden image (default one at a time) into a staging image that `factory save` saves."""
         from kiln.factory.run import build_images, raise_for_build_failures
 
         session = _session(app, factory_lab, location)
         f = _load(app, config_dir, artifact_repos, session)
-        report = build_images(session, f, jobs=jobs or 1, options=_build_options(no_validate, boot_timeout))
+        report = build_images(session, f, jobs=jobs or 1, options=_build_options(no_validate, boot_timeout),
+                              local=local)
         Printer().built(report)
         raise_for_build_failures(report)
 
@@ -254,18 +259,20 @@ def register_factory(cli: click.Group) -> None:
     @click.option("--create-labs-in", default=None, metavar="REGION")
     @click.option("--no-validate", is_flag=True)
     @click.option("--boot-timeout", type=float, default=300.0, show_default=True)
+    @local_opt
     @_artifact_opt
     @_factory_lab_opt
     @pass_app
     def run(app: App, config_dir: Path, jobs: int, builds: int, images_to_save: int, create_labs_in: str | None,
-            no_validate: bool, boot_timeout: float, artifact_repos: tuple[Path, ...], factory_lab: str,
+            no_validate: bool, boot_timeout: float, local: bool, artifact_repos: tuple[Path, ...], factory_lab: str,
             location: str | None) -> None:
         """validate, build, save, distribute, retire, cleanup — in order."""
         from kiln.factory.run import RunOptions, run_factory
 
         session = _session(app, factory_lab, location)
         options = RunOptions(build_jobs=builds, distribute_jobs=jobs, images_to_save=images_to_save,
-                             create_labs_in=create_labs_in, build=_build_options(no_validate, boot_timeout))
+                             create_labs_in=create_labs_in, build=_build_options(no_validate, boot_timeout),
+                             local=local)
         run_factory(session, _load(app, config_dir, artifact_repos, session), options, Printer())
 
 

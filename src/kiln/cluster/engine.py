@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class BuildRequest:
     """One build to run somewhere: an API template by id, or a template document as `kiln build` read it."""
 
-    kind: Literal["api", "document"]
+    kind: Literal["api", "document", "factory"]  # factory: a golden image (kiln.factory.queued)
     name: str  # the template's name, for the worker's one line per run
     template_id: str = ""  # api: the image template resource in the shared catalog
     document: Any = None  # document: the parsed JSON file
@@ -55,6 +55,11 @@ class BuildRequest:
         """A `document` request's template and options, loaded on the worker as `kiln build` loads them."""
         from kiln.pipeline.context import BuildOptions
         from kiln.template.load import load_template_data
+
+        if self.kind == "factory":
+            from kiln.factory.queued import load_request
+
+            return load_request(self, config)
 
         templates = load_template_data(self.document, file=self.file, parameters=self.parameters, config=config)
         options = BuildOptions(validate=self.validate, boot_timeout_s=self.boot_timeout_s, keep_work=self.keep_work)

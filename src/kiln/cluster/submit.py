@@ -35,16 +35,28 @@ def requests_for(file: Path, document: Any, templates: tuple[ImageTemplate, ...]
 
 
 def run_queued(config: Config, rq: Any, request: BuildRequest, monitor: Monitor) -> str:
-    """Enqueue, follow until the end; returns the run id, or raises as a local build would."""
+    """Enqueue, follow until the end; returns the run id, or raises as a local build would.
+
+    The run's log is copied into this state home as it is followed (`kiln.cluster.runlog`)."""
     from kiln.cluster.follow import follow, to_event
+    from kiln.cluster.runlog import LogCopy
 
     job_id = rq.enqueue(request)
     monitor.log(f"queued {request.name} as job {job_id}", name="cluster")
+    log = LogCopy(config.runs_dir)
+
+    def on_event(e: dict[str, Any]) -> None:
+        log(e)
+        monitor.emit(to_event(e))
+
     try:
-        ended = follow(rq.redis, job_id, lambda e: monitor.emit(to_event(e)), config=config)
-    except KeyboardInterrupt:  # Ctrl-C of the submitter cancels its build, wherever it runs
-        rq.cancel(job_id)
-        ended = follow(rq.redis, job_id, lambda e: monitor.emit(to_event(e)), config=config)
+        try:
+            ended = follow(rq.redis, job_id, on_event, config=config)
+        except KeyboardInterrupt:  # Ctrl-C of the submitter cancels its build, wherever it runs
+            rq.cancel(job_id)
+            ended = follow(rq.redis, job_id, on_event, config=config)
+    finally:
+        log.close()
     assert ended is not None
     if ended.code == 0:
         return ended.run_id

@@ -10,6 +10,8 @@ Parallel builds run in threads. Each thread opens its own Store (a catalog conne
 between threads) and waits for its own QEMU boot test, as QEMU is tied to the thread that starts it.
 Off the main thread the pipeline cannot use its SIGALRM build timeout; the customizers' deadline
 still bounds each build. With one job (the default) builds run on the main thread.
+With a cluster queue each thread instead enqueues its golden image's build for the workers and
+follows it (kiln.factory.queued): N threads, N builds in flight on the cluster at once.
 
 `save_images` turns built golden images into the factory lab's custom images, named by the
 factory's convention (kiln.factory.names). The bytes are the staging image's blob: nothing is
@@ -30,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kiln import ids
 from kiln.config import Config
@@ -122,16 +124,20 @@ def staging_id(lab: Lab, golden: GoldenImage, stamp: str) -> ResourceId:
                       (f"{golden.template.name}-{stamp}"[:80],))
 
 
-def factory_template(golden: GoldenImage, lab: Lab, image_id: ResourceId) -> ImageTemplate:
+def factory_template(golden: GoldenImage, location: str, image_id: ResourceId) -> ImageTemplate:
+    """The golden image's template as the factory builds it: one staging image in the factory lab's region."""
     tags = staging_tags(golden.image_path, golden.os_state, golden.description)
-    target = ManagedImageTarget(run_output_name="factory", image_id=str(image_id), location=lab.location, artifact_tags=tags)
-    return dataclasses.replace(golden.template, distribute=(target,), location=lab.location)
+    target = ManagedImageTarget(run_output_name="factory", image_id=str(image_id), location=location, artifact_tags=tags)
+    return dataclasses.replace(golden.template, distribute=(target,), location=location)
 
 
 def build_golden_images(factory: Factory, *, config: Config, open_store: Callable[[], Store], lab: Lab,
                         monitor: Monitor, max_jobs: int = 1, options: BuildOptions | None = None,
-                        only: tuple[str, ...] = ()) -> BuildReport:
-    """Build every golden image (or those whose ImagePath is in `only`) into a staging image."""
+                        only: tuple[str, ...] = (), queue: Any = None) -> BuildReport:
+    """Build every golden image (or those whose ImagePath is in `only`) into a staging image.
+
+    With `queue` (a cluster JobEngine) each build is a job on the cluster's workers
+    (kiln.factory.queued), followed here: the same step lines, the same staging image."""
     from kiln.pipeline.build import build
     from kiln.pipeline.context import BuildOptions
 
@@ -148,12 +154,19 @@ def build_golden_images(factory: Factory, *, config: Config, open_store: Callabl
         try:
             # A Specialized golden image is an exact copy: it is not deprovisioned.
             golden_options = dataclasses.replace(options or BuildOptions(), generalize=golden.os_state != "Specialized")
-            ctx = build(factory_template(golden, lab, image_id), config=config, store=store, monitor=monitor,
-                        options=golden_options)
+            if queue is not None:
+                from kiln.cluster.submit import run_queued
+                from kiln.factory.queued import golden_request
+
+                run_id = run_queued(config, queue, golden_request(factory, golden, lab, image_id, golden_options),
+                                    monitor)
+            else:
+                run_id = build(factory_template(golden, lab.location, image_id), config=config, store=store,
+                               monitor=monitor, options=golden_options).run_id
             image = store.images.get(image_id)
             built = BuiltGoldenImage(golden.image_path, image.id, image.digest, image.os_type, golden.os_state,
-                                     golden.description, image.boot_tested, image.created, ctx.run_id)
-            result = BuildResult(golden.image_path, True, ctx.run_id, built)
+                                     golden.description, image.boot_tested, image.created, run_id)
+            result = BuildResult(golden.image_path, True, run_id, built)
         except KilnError as e:
             result = BuildResult(golden.image_path, False, error=e.render())
         finally:

@@ -54,6 +54,7 @@ class RunOptions:
     images_to_save: int = 2
     create_labs_in: str | None = None
     build: BuildOptions | None = None  # the pipeline's options for every golden image
+    local: bool = False  # build in place even when a cluster queue is configured
 
 
 class Reporter(Protocol):
@@ -70,7 +71,7 @@ def run_factory(session: FactorySession, factory: Factory, options: RunOptions, 
     """validate (done: `factory` loaded cleanly), build, save, distribute, retire, cleanup — in order."""
     check_labs(session, factory, create_in=options.create_labs_in)  # before the long builds: fails in a second
     earlier = unsaved(session)  # built by an earlier `kiln factory build` whose save never ran
-    report = build_images(session, factory, jobs=options.build_jobs, options=options.build)
+    report = build_images(session, factory, jobs=options.build_jobs, options=options.build, local=options.local)
     reporter.built(report)
     raise_for_build_failures(report)
     reporter.saved(save_built(session, [*earlier, *report.built]))
@@ -96,14 +97,20 @@ def check_labs(session: FactorySession, factory: Factory | FactoryLabs, *, creat
 
 
 def build_images(session: FactorySession, factory: Factory, *, jobs: int = 1,
-                 options: BuildOptions | None = None) -> BuildReport:
+                 options: BuildOptions | None = None, local: bool = False) -> BuildReport:
+    """Build the golden images: on the cluster's workers when `[cluster] queue` is set (unless `local`)."""
     from kiln.factory.build import build_golden_images, refuse_windows
 
     refuse_windows(factory, factory.golden_images)  # before the factory lab is created: a refusal changes nothing
+    queue = None
+    if session.config.cluster.queue and not local:
+        from kiln.cluster.submit import engine
+
+        queue = engine(session.config)  # unreachable Redis: a clear error before anything is created
     with session.open_store() as store:
         lab = session.lab(store)
     return build_golden_images(factory, config=session.config, open_store=session.open_store, lab=lab,
-                               monitor=session.monitor, max_jobs=jobs, options=options)
+                               monitor=session.monitor, max_jobs=jobs, options=options, queue=queue)
 
 
 def raise_for_build_failures(report: BuildReport) -> None:
