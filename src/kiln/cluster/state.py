@@ -190,7 +190,8 @@ def lose(r: Redis, store: Any, f: RunInFlight, why: str) -> None:
         note = f"{WORKER_LOST_MESSAGE}; retrying (attempt {f.attempt + 1} of {f.attempts}): {why}"
         if f.run_id:
             mark_run_lost(store, f.run_id, note)
-        add_event(r, f.job_id, json.dumps(asdict(Event("log", "cluster", note, run_id=f.run_id))))
+        # A result, not a log line: a submitter's text monitor shows it between the two attempts' steps.
+        add_event(r, f.job_id, json.dumps(asdict(Event("result", "cluster", note, ok=False, run_id=f.run_id))))
         clear_in_flight(r, f.job_id)  # before the retry can start and write its own entry
         if RqEngine(r).retry(f, retry_job):
             return
