@@ -164,3 +164,38 @@ def test_the_engine_default_fills_in_what_the_template_did_not_say(engine: RqEng
     unsaid = RqEngine(engine.redis, retries=1).enqueue(BuildRequest("document", "t", document={}))
     assert Job.fetch(said, connection=engine.redis).args[0]["retries"] == 0
     assert Job.fetch(unsaid, connection=engine.redis).args[0]["retries"] == 1
+
+
+def test_config_retries_are_the_default_and_a_template_tag_wins(redis_server: RedisServer, tmp_path: Path) -> None:
+    from clusterlib import template
+    from rq.job import Job
+
+    from kiln.cluster.submit import engine as engine_of
+    from kiln.cluster.submit import requests_for
+    from kiln.config import load_config
+    from kiln.template.load import load_template
+
+    home = home_for(tmp_path, redis_server)
+    (home / "config.toml").write_text(f'[cluster]\nqueue = "{redis_server.url}"\nretries = 1\n')
+    config = load_config(home)
+    rq = engine_of(config)
+    assert rq.retries == 1
+    for tags, expected in (({}, 1), ({"kiln.retries": "0"}, 0)):
+        t = template(tmp_path / "t.json", "t", tags=tags)
+        (request,) = requests_for(t, json.loads(t.read_text()), load_template(t, {}, config=config), {},
+                                  validate=False, boot_timeout_s=1, keep_work=False)
+        assert Job.fetch(rq.enqueue(request), connection=rq.redis).args[0]["retries"] == expected
+
+
+def test_kiln_build_with_the_catalog_unreachable_exits_2_and_queues_nothing(engine: RqEngine, tmp_path: Path,
+                                                                           redis_server: RedisServer) -> None:
+    from clusterlib import free_port, template
+
+    home = home_for(tmp_path, redis_server)
+    url = f"postgresql://kiln@127.0.0.1:{free_port()}/kiln"  # nothing listens there
+    (home / "config.toml").write_text(f'[cluster]\nqueue = "{redis_server.url}"\ncatalog = "{url}"\n')
+    p = kiln(home, "build", str(template(tmp_path / "t.json", "t")), check=False)
+    assert p.returncode == 2, p.stderr
+    assert f"cannot open the catalog {url}" in p.stderr and "[cluster] catalog" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert engine.queues() == []
