@@ -26,6 +26,7 @@ import, gallery create, lab create, the factory lab) puts what it creates when g
 
     [cluster]                                      # default: none (blobs stay on this host only)
     queue = "redis://10.0.0.5:6379/0"              # builds go to `kiln worker`s (rediss://, unix:///run/redis.sock too)
+    retries = 1                                    # a build whose worker was lost is enqueued once more (default 0)
     blobs = "s3://bucket/prefix"                   # or "azureblob://container/prefix", "file:///srv/kiln-blobs"
     blobs_endpoint_url = "http://127.0.0.1:9000"   # s3: an S3-compatible server (default: AWS)
     blobs_region = "eu-west-1"                     # s3 (default: AWS_DEFAULT_REGION)
@@ -91,6 +92,7 @@ class ClusterConfig:
     blobs: SharedBlobsConfig | None = None  # None: blobs stay on this host
     queue: str = ""  # the job engine's Redis (redis://, rediss://, unix://); "": builds run where started
     catalog: str | None = None  # postgresql://...; None: the state home's SQLite file (kiln.store.db)
+    retries: int = 0  # 0 | 1: a build whose worker was lost is enqueued again once (a template's kiln.retries wins)
 
 
 @dataclass(frozen=True)
@@ -273,9 +275,14 @@ def _cluster(table: object, path: Path) -> ClusterConfig:
     if catalog is not None and (not isinstance(catalog, str) or not catalog.startswith(("postgresql://", "postgresql+psycopg://"))):
         raise InvalidInput(f"cluster.catalog {catalog!r} is not a PostgreSQL URL", file=str(path), path="cluster.catalog",
                            hint='use "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE" (leave it out for the local SQLite catalog)')
+    retries = table.get("retries", 0)
+    if type(retries) is not int or retries not in (0, 1):  # noqa: E721 - a TOML true is not a count
+        raise InvalidInput(f"cluster.retries {retries!r} is not 0 or 1", file=str(path), path="cluster.retries",
+                           hint="retries = 1 enqueues a build whose worker was lost once more, on another worker; "
+                                "0 (the default) fails it \"worker lost\"; never more than once")
     blobs = table.get("blobs")
     if blobs is None:
-        return ClusterConfig(queue=queue, catalog=catalog)
+        return ClusterConfig(queue=queue, catalog=catalog, retries=retries)
     settings: dict[str, str] = {}
     for key in ("blobs", *(f"blobs_{s}" for s in _BLOBS_SETTINGS)):
         value = table.get(key, "")
@@ -293,12 +300,12 @@ def _cluster(table: object, path: Path) -> ClusterConfig:
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise bad("a file URL names an absolute path on this host")
         return ClusterConfig(SharedBlobsConfig(url, "file", path=unquote(parts.path).rstrip("/") or "/", **extra),
-                             queue=queue, catalog=catalog)
+                             queue=queue, catalog=catalog, retries=retries)
     if parts.scheme in ("s3", "azureblob"):
         if not parts.netloc:
             raise bad("the bucket or container name is missing")
         prefix = parts.path.strip("/")
         kind: Literal["s3", "azureblob"] = "s3" if parts.scheme == "s3" else "azureblob"
         return ClusterConfig(SharedBlobsConfig(url, kind, container=parts.netloc, prefix=prefix + "/" if prefix else "",
-                                               **extra), queue=queue, catalog=catalog)
+                                               **extra), queue=queue, catalog=catalog, retries=retries)
     raise bad(f"unknown scheme {parts.scheme + '://' if parts.scheme else '(none)'}")

@@ -1,11 +1,13 @@
-"""A cluster on one machine for the tests: Redis on 127.0.0.1, one catalog, workers as separate hosts.
+"""A cluster on one machine for the tests: Redis and PostgreSQL on 127.0.0.1, workers as separate hosts.
 
 `RedisServer` runs Debian's redis-server on a free port with its data (the append-only file) in
-a temp folder, with the persistence settings docs/architecture.md names. `Cluster` makes a
-submitter's state home and one per worker, each with its own work, scratch and cache folders,
-all sharing one catalog (the submitter's catalog file, linked: the one-machine stand-in for a
-shared catalog server), one shared blob folder (`[cluster] blobs = "file://..."`) and one region
-folder, as hosts of one cluster would. Workers are real `kiln worker` processes.
+a temp folder, with the persistence settings docs/architecture.md names. `CatalogServer` is
+tests/store's PostgreSQL server (free port, data in a temp folder) that a test may also stop and
+start again on the same port and data. `Cluster` makes a submitter's state home and one per
+worker, each with its own work, scratch and cache folders, all sharing one catalog
+(`[cluster] catalog = "postgresql://..."`, a database of its own), one shared blob folder
+(`[cluster] blobs = "file://..."`) and one region folder, as hosts of one cluster would.
+Workers are real `kiln worker` processes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from typing import IO
 
 from envcheck import unavailable
 from processes import alive, eventually
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "store"))
+from postgres import PostgresServer, pg_bin  # noqa: E402
 
 SUB = "00000000-0000-0000-0000-000000000000"
 RG = "rg"
@@ -73,6 +78,34 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc is not None:
             self.kill(signal.SIGTERM)
+
+
+class CatalogServer(PostgresServer):
+    """The cluster's shared catalog server; `pause()` stops it (its clients' connections end) and
+    `resume()` starts it again on the same port and data, as a restarted database server would."""
+
+    @classmethod
+    def started(cls) -> CatalogServer:
+        if pg_bin() is None:
+            unavailable("PostgreSQL (Debian package postgresql) is not installed: run scripts/setup")
+        server = cls()
+        server.start()
+        return server
+
+    @staticmethod
+    def _bin() -> Path:
+        found = pg_bin()
+        assert found is not None
+        return found
+
+    def pause(self) -> None:
+        self._as_owner([str(self._bin() / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop"])
+
+    def resume(self) -> None:
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c max_connections=200" \
+                  " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        self._as_owner([str(self._bin() / "pg_ctl"), "-D", str(self.root / "data"), "-l", str(self.root / "server.log"),
+                        "-o", options, "-w", "-t", "60", "start"])
 
 
 def _pings(client: object) -> bool:
@@ -143,6 +176,7 @@ class Cluster:
     root: Path
     redis: RedisServer
     roots_cache: Path  # the test cache's bootstrapped roots (each host's cache links it: no mirror needed)
+    catalog: str  # the shared catalog's postgresql:// URL
     submitter: Path = field(init=False)
     workers: dict[str, Worker] = field(default_factory=dict)
 
@@ -152,7 +186,8 @@ class Cluster:
         kiln(self.submitter, "runs", "list")  # creates the catalog every host shares
 
     def config(self) -> str:
-        return (f'[cluster]\nqueue = "{self.redis.url}"\nblobs = "file://{self.root / "shared-blobs"}"\n'
+        return (f'[cluster]\nqueue = "{self.redis.url}"\ncatalog = "{self.catalog}"\n'
+                f'blobs = "file://{self.root / "shared-blobs"}"\n'
                 f'[regions.westus2]\npath = "{self.root / "regions" / "westus2"}"\n')
 
     def home(self, name: str) -> Path:
@@ -160,8 +195,6 @@ class Cluster:
         (home / "cache").mkdir(parents=True)
         (home / "config.toml").write_text(self.config())
         (home / "cache" / "roots").symlink_to(self.roots_cache)
-        if name != "submitter":
-            (home / "catalog.sqlite").symlink_to(self.submitter / "catalog.sqlite")
         return home
 
     def start_worker(self, name: str, *args: str) -> Worker:

@@ -1,11 +1,12 @@
-"""Fixtures of the cluster tests: a module's own Redis and cluster of state homes (see clusterlib.py)."""
+"""Fixtures of the cluster tests: a module's own Redis, PostgreSQL catalog server and cluster of
+state homes (see clusterlib.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
-from clusterlib import Cluster, RedisServer
+from clusterlib import CatalogServer, Cluster, RedisServer
 
 
 @pytest.fixture(scope="module")
@@ -16,11 +17,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Cluster]:
+def catalog_server() -> Iterator[CatalogServer]:
+    server = CatalogServer.started()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer,
+            catalog_server: CatalogServer) -> Iterator[Cluster]:
     from debian_root import bootstrap_debian12
 
     tmp = tmp_path_factory.mktemp("cluster")
     cached = bootstrap_debian12(tmp / "bootstrap")
-    c = Cluster(tmp / "hosts", redis_server, cached.config.cache_dir / "roots")
+    c = Cluster(tmp / "hosts", redis_server, cached.config.cache_dir / "roots", catalog_server.database())
     yield c
     c.stop()

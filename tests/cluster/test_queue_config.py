@@ -105,3 +105,34 @@ def test_kiln_build_with_an_unknown_requirement_exits_2(tmp_path: Path) -> None:
     t = template(tmp_path / "t.json", "t", tags={"kiln.requires": "gpu"})
     p = kiln(home, "build", str(t), check=False)
     assert p.returncode == 2 and "kiln.requires" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", 0), ("retries = 0", 0), ("retries = 1", 1)])
+def test_retries_are_0_unless_config_says_1(tmp_path: Path, value: str, expected: int) -> None:
+    assert load_config(home_with(tmp_path, f'queue = "redis://127.0.0.1:1/0"\n{value}')).cluster.retries == expected
+
+
+@pytest.mark.parametrize("value", ["2", "-1", "true", '"1"', "1.0"])
+def test_bad_retries_name_the_file_and_key(tmp_path: Path, value: str) -> None:
+    home = home_with(tmp_path, f"retries = {value}")
+    with pytest.raises(InvalidInput) as e:
+        load_config(home)
+    assert "is not 0 or 1" in e.value.message and "never more than once" in e.value.hint
+    assert e.value.path == "cluster.retries" and e.value.file == str(home / "config.toml")
+
+
+def test_a_template_asks_for_a_retry_with_its_tag() -> None:
+    from kiln.cluster.routing import retries
+
+    assert retries({}) is None
+    assert retries({"kiln.retries": "1"}) == 1 and retries({"kiln.retries": "0"}) == 0
+    with pytest.raises(InvalidInput) as e:
+        retries({"kiln.retries": "3"}, file="t.json")
+    assert e.value.path == ".tags['kiln.retries']" and e.value.file == "t.json" and "at most once" in e.value.message
+
+
+def test_kiln_build_with_a_bad_retries_tag_exits_2(tmp_path: Path) -> None:
+    home = home_with(tmp_path, f'queue = "redis://127.0.0.1:{free_port()}/0"')
+    t = template(tmp_path / "t.json", "t", tags={"kiln.retries": "always"})
+    p = kiln(home, "build", str(t), check=False)
+    assert p.returncode == 2 and "kiln.retries" in p.stderr and "Traceback" not in p.stderr

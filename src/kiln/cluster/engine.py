@@ -35,6 +35,9 @@ class BuildRequest:
     timeout_minutes: int = 240  # buildTimeoutInMinutes (or its default): the worker's job timeout
     requires: tuple[str, ...] = ()  # capabilities the template asks for (routing.requirements)
     host: str = ""  # a worker name the template is pinned to ("" = any)
+    retries: int | None = None  # kiln.retries (0|1); None: the engine's default ([cluster] retries) at enqueue
+    attempt: int = 1  # 2: the retry of a build whose worker was lost (see state.lose)
+    build: str = ""  # a retry: the first attempt's job id, which keys the build's stream, cancel and in-flight entry
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -87,11 +90,14 @@ class QueueInfo:
 
 @dataclass(frozen=True)
 class RunInFlight:
-    job_id: str
+    job_id: str  # the build's job id (the first attempt's: its stream's key)
     run_id: str  # "" until the child created the run
     template: str
     worker: str
     started: float
+    attempt: int = 1
+    attempts: int = 1  # 1 + the build's retries
+    rq_job: str = ""  # the engine's job running this attempt ("" = job_id)
 
 
 class JobEngine(Protocol):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from kiln.api.executor import Job, OnDone, OnEvent
 from kiln.cluster.engine import BuildRequest
 from kiln.cluster.follow import follow
-from kiln.cluster.routing import requirements
+from kiln.cluster.routing import requirements, retries
 
 if TYPE_CHECKING:
     from kiln.config import Config
@@ -27,7 +27,7 @@ class RqExecutor:
         from kiln.cluster.rq_engine import RqEngine
 
         self.config = config
-        self.engine = RqEngine(redis_from_url(config.cluster.queue))
+        self.engine = RqEngine(redis_from_url(config.cluster.queue), retries=config.cluster.retries)
         self.on_event, self.on_done = on_event, on_done
         self._jobs: dict[str, tuple[Job, str, threading.Thread]] = {}
         self._lock = threading.Lock()
@@ -53,7 +53,8 @@ class RqExecutor:
         tags = {str(k): str(v) for k, v in (body.get("tags") or {}).items()}
         requires, host = requirements(tags)
         minutes = int((body.get("properties") or {}).get("buildTimeoutInMinutes") or 0) or 240
-        return BuildRequest("api", rid.name, template_id=str(rid), timeout_minutes=minutes, requires=requires, host=host)
+        return BuildRequest("api", rid.name, template_id=str(rid), timeout_minutes=minutes, requires=requires, host=host,
+                            retries=retries(tags))
 
     def _follow(self, job: Job, job_id: str) -> None:
         ended = follow(self.engine.redis, job_id, lambda e: self.on_event(job, e), config=self.config,

@@ -4,7 +4,9 @@
 that comes late misses nothing, and hand each event to the same monitor a local build uses: the
 user sees the same step lines. While it waits the follower also applies the "worker lost" rule
 (`state.reap_lost`), so a build whose worker died ends here within the heartbeat timeout even
-when no other worker is up.
+when no other worker is up. A build retried after its worker was lost goes on in the same stream
+(a log event "worker lost; retrying (attempt 2 of 2): ..." between the attempts), so the follower
+keeps following to the retry's end; the end record names the retry's run.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def follow(redis: Redis, job_id: str, on_event: Callable[[dict[str, Any]], None]
     """Hand every event of `job_id` to `on_event` until its end record (None if `stop()` said so first)."""
     import redis as redis_lib
 
+    from kiln.errors import KilnError
+
     key = state.events_key(job_id)
     last = "0-0"
     next_reap = time.monotonic() + REAP_EVERY_S
@@ -65,6 +69,8 @@ def follow(redis: Redis, job_id: str, on_event: Callable[[dict[str, Any]], None]
                 _end_if_rq_failed(redis, job_id)
             except (redis_lib.exceptions.ConnectionError, redis_lib.exceptions.TimeoutError):
                 pass
+            except KilnError:  # the catalog unreachable: whoever can reach it fails the lost runs; ask again
+                pass
     return None
 
 
@@ -74,7 +80,7 @@ def _end_if_rq_failed(redis: Redis, job_id: str) -> None:
     from rq.job import Job, JobStatus
 
     try:
-        job = Job.fetch(job_id, connection=redis)
+        job = Job.fetch(state.current_rq_job(redis, job_id), connection=redis)  # the retry's, once retried
     except NoSuchJobError:
         return
     if job.get_status(refresh=False) in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED) \

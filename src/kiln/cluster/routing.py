@@ -4,7 +4,9 @@ A worker advertises its capabilities: `accel` (kvm or tcg, as the boot test woul
 `arch` (the machine, x86_64 ...), `scratch_free` (bytes free where root trees go) and `version`
 (kiln's). A template asks for what it needs with kiln's tag on the template,
 `"tags": {"kiln.requires": "kvm"}` (comma-separated: `"kvm,x86_64"`), and may pin one host with
-`"kiln.host": "NAME"` (a worker's name).
+`"kiln.host": "NAME"` (a worker's name). `"kiln.retries": "1"` asks for a build whose worker was
+lost mid-build to be enqueued once more (`"0"`: failed "worker lost"); without the tag,
+config.toml's `[cluster] retries` decides (default 0).
 
 One queue per capability set: a build that requires the set S goes to `kiln.build.<S sorted,
 dot-joined>` (`kiln.build.any` for none), and a worker listens to every queue whose set its own
@@ -27,6 +29,7 @@ from kiln.errors import InvalidInput
 
 REQUIRES_TAG = "kiln.requires"
 HOST_TAG = "kiln.host"
+RETRIES_TAG = "kiln.retries"
 QUEUE_PREFIX = "kiln.build."
 HOST_PREFIX = "kiln.host."
 ACCELS = ("kvm", "tcg")
@@ -56,6 +59,19 @@ def requirements(tags: Mapping[str, str], *, file: str = "") -> tuple[tuple[str,
         raise InvalidInput(f"tag {REQUIRES_TAG} asks for {', '.join(wanted)}: no host is both", file=file,
                            path=f".tags[{REQUIRES_TAG!r}]", hint="name one accelerator and one architecture at most")
     return wanted, tags.get(HOST_TAG, "").strip()
+
+
+def retries(tags: Mapping[str, str], *, file: str = "") -> int | None:
+    """How often a build whose worker was lost is enqueued again, as the template's tag says (0 or 1;
+    None: the tag is not there, `[cluster] retries` decides)."""
+    value = tags.get(RETRIES_TAG)
+    if value is None:
+        return None
+    if value.strip() not in ("0", "1"):
+        raise InvalidInput(f"tag {RETRIES_TAG} is {value!r}: a build whose worker was lost is retried at most once",
+                           file=file, path=f".tags[{RETRIES_TAG!r}]",
+                           hint='use "1" (enqueue it once more, for another worker) or "0" (fail it "worker lost")')
+    return int(value)
 
 
 def queue_for(requires: tuple[str, ...], host: str = "") -> str:

@@ -2,13 +2,17 @@
 
 A job's timeout is the template's `buildTimeoutInMinutes` plus the grace a canceled build gets
 to clean up (the pipeline stops itself at its deadline first; RQ's timeout is the backstop on the
-worker). Jobs have no RQ retry: a build that started and lost its worker is failed, never rerun
-behind the user's back (a rerun is a new `kiln build`).
+worker). Jobs have no RQ `Retry`: RQ notices an abandoned job only when its started-registry entry
+expires (the job timeout, hours), and would rerun every failure. kiln decides instead, within
+the heartbeat timeout: a build whose worker was lost is enqueued once more only when
+`[cluster] retries = 1` or its template's `kiln.retries` tag says so (`state.lose`, `retry`),
+as a new job `<job id>-attempt2` of the same build; otherwise it is failed "worker lost".
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from kiln.cluster import state
@@ -25,8 +29,9 @@ CANCEL_TTL_S = 7 * 24 * 3600
 
 
 class RqEngine:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, retries: int = 0) -> None:
         self.redis = redis
+        self.retries = retries  # a request's default when its template did not say ([cluster] retries)
 
     def enqueue(self, request: BuildRequest, job_id: str | None = None) -> str:
         """Queue a build; with `job_id`, once only: a job of that id already in Redis (queued, running
@@ -36,11 +41,26 @@ class RqEngine:
 
         if job_id is not None and Job.exists(job_id, connection=self.redis):
             return job_id
+        if request.retries is None:
+            request = replace(request, retries=self.retries)
         q = Queue(queue_for(request.requires, request.host), connection=self.redis)
         job = q.enqueue(JOB_FUNCTION, request.to_json(), job_timeout=request.timeout_minutes * 60 + KILL_GRACE_S + 60,
                         result_ttl=RESULT_TTL_S, failure_ttl=RESULT_TTL_S, description=f"build {request.name}",
                         meta={"kiln.template": request.name, "kiln.enqueued": time.time()}, job_id=job_id)
         return str(job.id)
+
+    def retry(self, lost: RunInFlight, job_id: str) -> bool:
+        """Enqueue the build of `lost` once more, as job `job_id` (False: its job is gone from Redis)."""
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        try:
+            job = Job.fetch(lost.rq_job or lost.job_id, connection=self.redis)
+        except NoSuchJobError:
+            return False
+        request = BuildRequest.from_json(job.args[0])
+        self.enqueue(replace(request, attempt=lost.attempt + 1, build=lost.job_id), job_id=job_id)
+        return True
 
     def job_id_of(self, job_or_run_id: str) -> str:
         job_id = self.redis.get(state.run_key(job_or_run_id))
@@ -52,7 +72,7 @@ class RqEngine:
 
         job_id = self.job_id_of(job_or_run_id)
         try:
-            job = Job.fetch(job_id, connection=self.redis)
+            job = Job.fetch(state.current_rq_job(self.redis, job_id), connection=self.redis)
         except NoSuchJobError:
             return False
         status = job.get_status(refresh=True)

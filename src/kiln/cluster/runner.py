@@ -1,4 +1,4 @@
-"""The job a worker runs: one build in `python -m kiln.api.child`, its events to Redis.
+"""The job a worker runs: one build in `python -m kiln.cluster.child`, its events to Redis.
 
 The worker runs jobs in its own process (an RQ `SimpleWorker`), and the child is the leader of a
 process group of its own, as the API's local executor starts it. A `kiln.reaper.Reaper` is told
@@ -7,11 +7,21 @@ so a lost worker never goes on to publish; its run is then failed "worker lost" 
 the heartbeat stop (`kiln.cluster.state.reap_lost`). A cancel request (a Redis key, polled here)
 and RQ's job timeout both end in the same stop: SIGTERM to the group (the pipeline records the
 run Canceled or timed out and removes its work directory), SIGKILL after a grace period.
+
+The catalog unreachable mid-build (a PostgreSQL `[cluster] catalog` stopped or restarted): the
+child's connection is gone, so its next catalog write fails and the build stops there, before
+it could publish (publishing is one catalog transaction after the blob is complete); the child
+says so naming the catalog (`kiln.cluster.child`) and removes its work directory. The worker
+then waits for the catalog to answer again (`CATALOG_PATIENCE_S`, saying so in the run's
+events), records the run Failed with that message if the child could not, ends the stream,
+and takes its next job. A run is not resumed: its build process lost its transaction state
+with the connection, and rebuilding behind the user's back is what `kiln.retries` is for.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import shutil
@@ -33,9 +43,11 @@ if TYPE_CHECKING:
     from redis import Redis
 
     from kiln.config import Config
+    from kiln.store.store import Store
 
 POLL_S = 0.5
 REDIS_PATIENCE_S = 600.0  # how long a build waits for Redis to come back before its worker gives it up
+CATALOG_PATIENCE_S = 3600.0  # how long an ended build waits for the catalog to record how it ended
 KILL_GRACE_S = 60.0
 
 
@@ -67,12 +79,16 @@ def run_build(payload: dict[str, Any]) -> dict[str, Any]:
     assert ctx is not None, "run_build runs inside `kiln worker`"
     job = get_current_job()
     assert job is not None
-    return Build(ctx, str(job.id), BuildRequest.from_json(payload)).run()
+    request = BuildRequest.from_json(payload)
+    return Build(ctx, request.build or str(job.id), request, rq_job=str(job.id)).run()
 
 
 class Build:
-    def __init__(self, ctx: WorkerContext, job_id: str, request: BuildRequest) -> None:
+    def __init__(self, ctx: WorkerContext, job_id: str, request: BuildRequest, rq_job: str = "") -> None:
+        """`job_id`: the build's (its first attempt's job id: the stream's key); `rq_job`: this attempt's."""
         self.ctx, self.job_id, self.request = ctx, job_id, request
+        self.rq_job = rq_job or job_id
+        self.attempts = 1 + (request.retries or 0)
         self.r = ctx.redis
         self.run_id = ""
         self.started = time.time()
@@ -88,10 +104,10 @@ class Build:
         work.mkdir(parents=True, exist_ok=True)
         job_file = work / f"job-{self.job_id}.json"
         job_file.write_text(json.dumps(self.request.to_json()))
-        state.set_in_flight(r, self.job_id, run_id="", template=self.request.name, worker=ctx.name, started=self.started)
+        self._in_flight("")
         ctx.current_job = self.job_id
         state.heartbeat(r, ctx.name, current_job=self.job_id, current_run="")
-        proc = spawn([sys.executable, "-m", "kiln.api.child", str(ctx.config.home), "--job", str(job_file)],
+        proc = spawn([sys.executable, "-m", "kiln.cluster.child", str(ctx.config.home), "--job", str(job_file)],
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, session=True, env=child_env(), cwd="/")
         reaper = Reaper([job_file], name="kiln-worker-reaper")
         reaper.kill_group(proc.pid)
@@ -130,10 +146,14 @@ class Build:
         run_id = str(event.get("run_id") or "")
         if run_id and not self.run_id:
             self.run_id = self.ctx.current_run = run_id
-            _retrying(lambda: state.set_in_flight(self.r, self.job_id, run_id=run_id, template=self.request.name,
-                                                  worker=self.ctx.name, started=self.started))
+            _retrying(lambda: self._in_flight(run_id))
             _retrying(lambda: state.heartbeat(self.r, self.ctx.name, current_run=run_id))
         _retrying(lambda: state.add_event(self.r, self.job_id, line.rstrip("\n")))
+
+    def _in_flight(self, run_id: str) -> None:
+        state.set_in_flight(self.r, self.job_id, run_id=run_id, template=self.request.name, worker=self.ctx.name,
+                            started=self.started, attempt=self.request.attempt, attempts=self.attempts,
+                            rq_job=self.rq_job)
 
     def _tail(self, stream: IO[str] | None) -> None:
         for line in stream or ():
@@ -169,20 +189,49 @@ class Build:
     # ------------------------------------------------------------------ the end
 
     def _end(self, code: int, message: str) -> dict[str, Any]:
-        result = self._result(code)
+        result = self._result(code, message)
         _retrying(lambda: state.end_stream(self.r, self.job_id, code, message, self.run_id))
         _retrying(lambda: state.clear_in_flight(self.r, self.job_id))
-        print(f"run {self.run_id or '-'} {self.request.name} {result}", file=self.ctx.out, flush=True)
+        attempt = f" (attempt {self.request.attempt} of {self.attempts})" if self.request.attempt > 1 else ""
+        print(f"run {self.run_id or '-'} {self.request.name} {result}{attempt}", file=self.ctx.out, flush=True)
         return {"run_id": self.run_id, "code": code, "result": result, "message": message}
 
-    def _result(self, code: int) -> str:
-        """The run's state as the catalog recorded it (what `kiln runs show` will say)."""
+    def _result(self, code: int, message: str) -> str:
+        """The run's state as the catalog recorded it (what `kiln runs show` will say). A failed child
+        that could not record its end (the catalog was unreachable) has it recorded here, once the
+        catalog answers again."""
         if not self.run_id:
             return "Canceled" if code == 130 else "Failed"
+        from kiln.store.runs import FINAL_STATES
+
+        with self._store() as store:
+            run = store.runs.get(self.run_id)
+            if code and (run.run_state not in FINAL_STATES or run.message.startswith(state.REAPED_PREFIX)):
+                final = "Canceled" if code == 130 else "Failed"
+                store.runs.finish(self.run_id, final, message or f"the build ended with code {code}")
+                run = store.runs.get(self.run_id)
+            return str(run.run_state)
+
+    def _store(self) -> Store:
+        """The catalog, waited for while it is unreachable (CATALOG_PATIENCE_S), saying so once."""
+        from kiln.errors import InvalidInput
         from kiln.store.store import Store
 
-        with Store.open(self.ctx.config) as store:
-            return store.runs.get(self.run_id).run_state
+        deadline = time.monotonic() + CATALOG_PATIENCE_S
+        said = False
+        while True:
+            try:
+                return Store.open(self.ctx.config)
+            except InvalidInput as e:  # kiln.store.db: "cannot open the catalog ..."
+                if time.monotonic() > deadline:
+                    raise
+                if not said:
+                    said = True
+                    note = f"{e.message}; the run's end is recorded when it answers again"
+                    print(f"worker {self.ctx.name}: {note}", file=self.ctx.out, flush=True)
+                    line = json.dumps({"kind": "log", "name": "cluster", "message": note, "run_id": self.run_id})
+                    _retrying(functools.partial(state.add_event, self.r, self.job_id, line))
+                time.sleep(2.0)
 
 
 def _sweep_work(config: Config, run_id: str) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln.cluster.engine import BuildRequest
-from kiln.cluster.routing import requirements
+from kiln.cluster.routing import requirements, retries
 from kiln.errors import BuildFailed, Canceled, InvalidInput, KilnError
 
 if TYPE_CHECKING:
@@ -16,11 +16,22 @@ if TYPE_CHECKING:
 
 
 def engine(config: Config) -> Any:
-    """The configured job engine (RQ on the `[cluster] queue` Redis), reachable or a clear error."""
+    """The configured job engine (RQ on the `[cluster] queue` Redis), reachable or a clear error, as is
+    the shared catalog: nothing is queued for a cluster whose catalog does not answer."""
     from kiln.cluster.connect import redis_from_url
     from kiln.cluster.rq_engine import RqEngine
 
-    return RqEngine(redis_from_url(config.cluster.queue))
+    rq = RqEngine(redis_from_url(config.cluster.queue), retries=config.cluster.retries)
+    if config.cluster.catalog:
+        check_catalog(config.cluster.catalog)
+    return rq
+
+
+def check_catalog(url: str) -> None:
+    """One connection to the shared catalog, or the store's InvalidInput ("cannot open the catalog ...")."""
+    from kiln.store.db import Catalog
+
+    Catalog(url).close()
 
 
 def requests_for(file: Path, document: Any, templates: tuple[ImageTemplate, ...], parameters: dict[str, str], *,
@@ -30,7 +41,8 @@ def requests_for(file: Path, document: Any, templates: tuple[ImageTemplate, ...]
         requires, host = requirements(t.tags, file=str(file))
         out.append(BuildRequest("document", t.name, document=document, file=str(file.absolute()), parameters=parameters,
                                 index=i, validate=validate, boot_timeout_s=boot_timeout_s, keep_work=keep_work,
-                                timeout_minutes=t.timeout_minutes, requires=requires, host=host))
+                                timeout_minutes=t.timeout_minutes, requires=requires, host=host,
+                                retries=retries(t.tags, file=str(file))))
     return out
 
 

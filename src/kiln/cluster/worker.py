@@ -8,7 +8,8 @@ worker death all stop the same group. A heartbeat thread writes the worker's has
 `heartbeat_s` and fails the runs of workers that stopped beating (`state.reap_lost`).
 
 On start a worker reclaims its scratch space: the work directories of builds that died with a
-previous worker on this state home (their lock is free), and marks that worker's runs lost.
+previous worker on this state home (their lock is free), and loses that worker's runs
+(`state.lose`: failed "worker lost", or retried once when the build may be).
 """
 
 from __future__ import annotations
@@ -95,14 +96,11 @@ def work(config: Config, options: WorkerOptions, out: IO[str] = sys.stdout) -> i
     lost_after = options.heartbeat_s * LOST_AFTER_BEATS
     # A worker of this name that was running builds died: its runs are lost, its scratch is ours.
     for f in state.in_flight(conn):
-        if f.worker == name:
+        if f.worker == name:  # failed "worker lost", or enqueued once more when it may be retried
             from kiln.store.store import Store
 
             with Store.open(config) as store:
-                if f.run_id:
-                    state.mark_run_lost(store, f.run_id, f"{state.WORKER_LOST_MESSAGE}: {name} restarted mid-build")
-            state.end_stream(conn, f.job_id, 1, f"{state.WORKER_LOST_MESSAGE}: {name} restarted mid-build", f.run_id)
-            state.clear_in_flight(conn, f.job_id)
+                state.lose(conn, store, f, f"{name} restarted mid-build")
     reclaimed = reclaim_scratch(config)
     state.register_worker(conn, name, caps, queues, lost_after)
     print(f"worker {name}: {caps['accel']} {caps['arch']}, queues {', '.join(queues)}"
