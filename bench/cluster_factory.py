@@ -3,7 +3,7 @@
 The factory is tests/cluster/test_factory.py's: 4 golden images (Debian 12 from the test cache's
 root, each with one tiny Shell step and its in-VM validation) and 4 labs. For each worker count a
 fresh cluster is made as the tests make it (tests/cluster/clusterlib.py: Redis on 127.0.0.1 with
-the append-only settings, one shared catalog, blobs and region folder, each worker a state home
+the append-only settings, a PostgreSQL catalog server, shared blobs and region folder, each worker a state home
 of its own) and `kiln factory run --max-concurrent-builds 4` is timed from submit to its end
 (builds with their boot tests, save, distribution, retention). On this 2-core machine two TCG
 builds compete for the same two cores, so expect far less than 2x: the ratio is reported as measured.
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 for p in (REPO / "src", REPO / "tests", REPO / "tests" / "cluster"):
     sys.path.insert(0, str(p))
 
-from clusterlib import Cluster, RedisServer  # noqa: E402
+from clusterlib import CatalogServer, Cluster, RedisServer  # noqa: E402
 from test_factory import GOLDEN, factory_dir  # noqa: E402
 
 from debian_root import bootstrap_debian12  # noqa: E402
@@ -34,7 +34,8 @@ from debian_root import bootstrap_debian12  # noqa: E402
 
 def one(tmp: Path, roots: Path, config: Path, workers: int, validate: bool) -> float:
     redis = RedisServer(tmp / "redis")
-    cluster = Cluster(tmp / "hosts", redis, roots)
+    catalog = CatalogServer.started()
+    cluster = Cluster(tmp / "hosts", redis, roots, catalog.database())
     try:
         for i in range(workers):
             cluster.start_worker(f"w{i + 1}")
@@ -52,6 +53,7 @@ def one(tmp: Path, roots: Path, config: Path, workers: int, validate: bool) -> f
     finally:
         cluster.stop()
         redis.stop()
+        catalog.stop()
 
 
 def main() -> None:
