@@ -255,10 +255,13 @@ class Catalog:
             raise
 
     def _rollback(self) -> None:
+        if self.connection.invalidated:  # the connection died: the server ended its transaction with it
+            self.connection.rollback()  # (SQLAlchemy's side of it, so a later statement may reconnect)
+            return
         try:
             self.conn.driver("ROLLBACK")
         except InvalidInput:
-            pass  # the connection is gone, and the transaction with it
+            self.connection.rollback()
 
     @contextmanager
     def write(self, *, parents: Sequence[Parent] = (), tables: Sequence[str] = ()) -> Iterator[Db]:
