@@ -257,3 +257,93 @@ def test_a_stopped_server_at_submit_and_mid_write_is_a_clear_error_and_leaves_no
         from kiln.store.galleries import VersionRule
 
         assert store.galleries.add_version(web, DIGEST, rule=VersionRule("Latest", major=1), target_regions=()).version == "1.0.0"
+
+
+VM_ADDER = textwrap.dedent('''\
+    import sys
+    from pathlib import Path
+    from kiln.config import load_config
+    from kiln.errors import InvalidInput
+    from kiln.ids import parse
+    from kiln.store.store import Store
+    from kiln.store.vms import VirtualMachine
+
+    me, digest = sys.argv[1], sys.argv[2]
+    with Store.open(load_config()) as store:
+        vm = VirtualMachine(parse(f"/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{me}"),
+                            "img", digest, "Linux", "V2", "azureuser", "ssh-ed25519 AAAA", Path("/k"), 2222, 1, 512,
+                            1 << 30, Path("/d"))
+        sys.stdin.readline()  # start together
+        try:
+            store.vms.add(vm)
+            print("added", store.catalog.retries)
+        except InvalidInput as e:
+            print("refused", store.catalog.retries, e.message)
+''')
+
+
+def test_many_processes_taking_one_ssh_port_at_once_one_gets_it(kiln_home: Path, tmp_path: Path,
+                                                                 catalog_backend: str) -> None:
+    # "Is the port free" is a read over all VMs with no row to lock: a serializable transaction
+    # (Catalog.transact) on PostgreSQL, run again when two overlap; under READ COMMITTED two
+    # adders could both find it free.
+    from kiln.config import load_config
+    from kiln.store.store import Store
+
+    with Store.open(load_config(kiln_home)) as store, store.catalog.write() as db:
+        db.execute("INSERT INTO blobs (digest, virtual_size, size, created) VALUES (?, 1, 513, 0)", (DIGEST,))
+    script = tmp_path / "vm.py"
+    script.write_text(VM_ADDER)
+    env = {**os.environ, **ENV, "KILN_HOME": str(kiln_home)}
+    running = [subprocess.Popen([sys.executable, str(script), f"vm{n}", DIGEST], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for n in range(6)]
+    outs = [p.communicate("go\n", timeout=600) for p in running]
+    for p, (_out, err) in zip(running, outs, strict=True):
+        assert p.returncode == 0, err
+    results = [out.split(maxsplit=2) for out, _ in outs]
+    assert sorted(r[0] for r in results) == ["added"] + ["refused"] * 5, results
+    assert all("SSH port 2222 belongs to VM" in r[2] for r in results if r[0] == "refused")
+    with Store.open(load_config(kiln_home)) as store:
+        assert [vm.ssh_port for vm in store.vms.list()] == [2222]
+
+
+def test_a_serializable_transaction_that_lost_a_race_runs_again_and_sees_the_winner(kiln_home: Path,
+                                                                                     catalog_backend: str) -> None:
+    # The interleaving made by hand: A reads "port 2222 is free", B adds a VM on 2222 and commits,
+    # then A inserts its own. PostgreSQL refuses A's commit (40001) and transact() runs A's body
+    # again, which now finds B's VM. (SQLite: A's BEGIN IMMEDIATE would keep B out, no race to make.)
+    if catalog_backend != "postgresql":
+        pytest.skip("SQLite's one writer cannot interleave two transactions")
+    from kiln.config import load_config
+    from kiln.errors import InvalidInput
+    from kiln.ids import parse
+    from kiln.store.store import Store
+    from kiln.store.vms import VirtualMachine
+
+    def vm(name: str) -> VirtualMachine:
+        return VirtualMachine(parse(f"{SUB}/virtualMachines/{name}"), "img", DIGEST, "Linux", "V2", "azureuser",
+                              "ssh-ed25519 AAAA", Path("/k"), 2222, 1, 512, 1 << 30, Path("/d"))
+
+    with Store.open(load_config(kiln_home)) as store:
+        with store.catalog.write() as db:
+            db.execute("INSERT INTO blobs (digest, virtual_size, size, created) VALUES (?, 1, 513, 0)", (DIGEST,))
+        attempts: list[str] = []
+
+        def add_a(db: object) -> None:
+            taken = db.execute("SELECT id FROM vms WHERE ssh_port = 2222").fetchone()  # type: ignore[attr-defined]
+            attempts.append("taken" if taken else "free")
+            if taken:
+                raise InvalidInput(f"SSH port 2222 belongs to VM {taken['id']}")
+            if len(attempts) == 1:  # B adds its VM and commits while A is between its read and its write
+                with Store.open(load_config(kiln_home)) as other:
+                    other.vms.add(vm("b"))
+            a = vm("a")
+            db.execute("INSERT INTO vms (key, id, name, lab_key, image_id, image_key, digest, os_type, hyper_v_generation,"  # type: ignore[attr-defined]
+                       " admin_username, public_key, key_path, ssh_port, cpus, memory_mib, disk_size, dir, created)"
+                       " VALUES (?, ?, 'a', '', 'img', 'img', ?, 'Linux', 'V2', 'u', 'k', '/k', 2222, 1, 512, 1, '/d', 0)",
+                       (a.id.key, str(a.id), DIGEST))
+
+        with pytest.raises(InvalidInput, match="SSH port 2222 belongs to VM .*/b"):
+            store.catalog.transact(add_a)
+        assert attempts == ["free", "taken"] and store.catalog.retries == 1
+        assert [v.name for v in store.vms.list()] == ["b"]

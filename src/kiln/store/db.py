@@ -289,8 +289,8 @@ class Catalog:
             with self.write() as db:
                 return body(db)
         for attempt in range(1, TRANSACT_ATTEMPTS + 1):
-            self._begin(serializable=True, parents=parents, tables=tables)
             try:
+                self._begin(serializable=True, parents=parents, tables=tables)  # a lock can fail to serialize too
                 result = body(self.conn)
                 self.conn.driver("COMMIT")  # a serialization failure can also come here
                 return result
