@@ -1,10 +1,13 @@
 """Benchmark: gallery image versions published per second, SQLite against PostgreSQL, N processes.
 
-    .venv/bin/python bench/catalog_publish.py [--procs 4] [--versions 50]
+    .venv/bin/python bench/catalog_publish.py [--procs 4] [--versions 50] [--definitions 1]
 
 Each of N processes opens the catalog and publishes `--versions` versions into one gallery image
 definition (Latest: "highest patch plus one", allocated and inserted in one write transaction,
-`Galleries.add_version`), all at once, so every publish competes for the same lock. SQLite: the
+`Galleries.add_version`), all at once, so every publish competes for the same lock. With
+`--definitions K`, process i publishes into definition i mod K: on PostgreSQL publishers into
+different definitions do not wait for each other (each locks its definition's row), on SQLite
+they still take turns on the database's one write lock. SQLite: the
 state home's file (WAL, synchronous = FULL, BEGIN IMMEDIATE). PostgreSQL: a throwaway server on
 127.0.0.1 (tests/store/postgres.py) with fsync on, as durable as SQLite's FULL. The catalog rows
 only: no blob bytes move (the blob row is made once). Prints both rates and the ratio.
@@ -34,14 +37,14 @@ from kiln.config import load_config
 from kiln.store.store import Store
 
 with Store.open(load_config()) as store:
-    d = store.galleries.get_definition("{SUB}/galleries/g/images/web")
+    d = store.galleries.get_definition("{SUB}/galleries/g/images/web" + sys.argv[2])
     sys.stdin.readline()  # start together
     for _ in range(int(sys.argv[1])):
         store.galleries.add_version(d, "{DIGEST}", rule=VersionRule("Latest", major=1), target_regions=())
 '''
 
 
-def run(catalog: str, home: Path, procs: int, versions: int) -> float:
+def run(catalog: str, home: Path, procs: int, versions: int, definitions: int = 1) -> float:
     env = {**os.environ, "KILN_HOME": str(home), "KILN_CATALOG": catalog, "PYTHONPATH": str(REPO / "src")}
     if not catalog:
         env.pop("KILN_CATALOG")
@@ -50,10 +53,11 @@ def run(catalog: str, home: Path, procs: int, versions: int) -> float:
              f"    with s.catalog.write() as db:\n"
              f"        db.execute(\"INSERT INTO blobs (digest, virtual_size, size, created) VALUES ('{DIGEST}', 1, 513, 0)\")\n"
              f"    s.galleries.create('{SUB}/galleries/g')\n"
-             f"    s.galleries.create_definition('{SUB}/galleries/g/images/web', publisher='p', offer='o', sku='s')\n")
+             f"    for i in range({definitions}):\n"
+             f"        s.galleries.create_definition(f'{SUB}/galleries/g/images/web{{i}}', publisher='p', offer='o', sku='s')\n")
     subprocess.run([sys.executable, "-c", setup], env=env, check=True)
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(versions)], env=env, stdin=subprocess.PIPE, text=True)
-               for _ in range(procs)]
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(versions), str(n % definitions)], env=env,
+                                stdin=subprocess.PIPE, text=True) for n in range(procs)]
     time.sleep(3)  # let every worker import kiln and open the catalog
     start = time.perf_counter()
     for w in workers:
@@ -69,15 +73,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--versions", type=int, default=50)
+    ap.add_argument("--definitions", type=int, default=1)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="kiln-bench-catalog-", dir="/var/tmp") as tmp:
-        sqlite = run("", Path(tmp) / "sqlite-home", args.procs, args.versions)
+        sqlite = run("", Path(tmp) / "sqlite-home", args.procs, args.versions, args.definitions)
         server = PostgresServer(durable=True).start()
         try:
-            pg = run(server.database(), Path(tmp) / "pg-home", args.procs, args.versions)
+            pg = run(server.database(), Path(tmp) / "pg-home", args.procs, args.versions, args.definitions)
         finally:
             server.stop()
-    print(f"{args.procs} processes x {args.versions} versions into one definition")
+    print(f"{args.procs} processes x {args.versions} versions into {args.definitions} definition(s)")
     print(f"sqlite:     {sqlite:8.1f} publishes/s")
     print(f"postgresql: {pg:8.1f} publishes/s")
     print(f"ratio postgresql/sqlite: {pg / sqlite:.2f}")

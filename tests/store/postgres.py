@@ -35,7 +35,7 @@ def _free_port() -> int:
 
 @dataclass
 class PostgresServer:
-    """`start()` it, `database()` for a fresh empty database's URL, `stop()` it."""
+    """`start()` it, `database()` for a fresh empty database's URL, `halt()`/`resume()` it, `stop()` it."""
 
     durable: bool = False  # True: fsync on (the bench, against SQLite's synchronous = FULL)
     port: int = 0
@@ -57,12 +57,25 @@ class PostgresServer:
         self._as_owner([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "kiln", "-E", "UTF8",
                         "--no-sync", "--no-instructions"])
         self.port = _free_port()
+        self.resume()
+        return self
+
+    def resume(self) -> None:
+        """Start the server (again, after `halt()`): same data, same port."""
+        bindir = pg_bin()
+        assert bindir is not None
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c max_connections=200"
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        self._as_owner([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(self.root / "server.log"), "-o", options,
-                        "-w", "-t", "60", "start"])
-        return self
+        self._as_owner([str(bindir / "pg_ctl"), "-D", str(self.root / "data"), "-l", str(self.root / "server.log"),
+                        "-o", options, "-w", "-t", "60", "start"])
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data (`resume()` starts it again): "fast" ends every open
+        session, as a server going down under its clients would, and rolls back their transactions."""
+        bindir = pg_bin()
+        assert bindir is not None
+        self._as_owner([str(bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "-t", "60", "stop"])
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://kiln@127.0.0.1:{self.port}/{database}"

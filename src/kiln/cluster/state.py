@@ -41,8 +41,6 @@ INFLIGHT = "kiln:inflight"
 STREAM_MAXLEN = 20000  # events kept per run (a build makes a few hundred; verbose logs more)
 STREAM_TTL_S = 7 * 24 * 3600  # an ended run's events stay this long for late followers
 WORKER_LOST_MESSAGE = "worker lost"
-# What Runs.reap() writes when it sees the child's pid gone first (same host): still a lost worker.
-REAPED_PREFIX = "the kiln process running it exited"
 
 
 def worker_key(name: str) -> str:
@@ -203,13 +201,7 @@ def lose(r: Redis, store: Any, f: RunInFlight, why: str) -> None:
     clear_in_flight(r, f.job_id)
 
 
-def mark_run_lost(store: Any, run_id: str, message: str) -> None:
-    """Failed "worker lost", unless the run ended on its own (then what it recorded stands)."""
-    from kiln.errors import NotFound
-
-    try:
-        run = store.runs.get(run_id)
-    except NotFound:
-        return
-    if run.run_state in ("Running", "Canceling") or (run.run_state == "Failed" and run.message.startswith(REAPED_PREFIX)):
-        store.runs.finish(run_id, "Failed", message)
+def mark_run_lost(store: Any, run_id: str, message: str) -> bool:
+    """Failed "worker lost", unless the run ended on its own (then what it recorded stands); True
+    if this call marked it (of several reapers at once, exactly one does: `Runs.mark_lost`)."""
+    return bool(store.runs.mark_lost(run_id, message))

@@ -6,13 +6,43 @@ once, portable to both: `db.execute(sql, args)` with `?` markers, which become n
 (`INSERT ... ON CONFLICT`, `RETURNING`, `lower()`, no SQLite-only functions or `OR REPLACE`).
 Rows answer to `row["col"]`, `row[0]` and tuple unpacking, as sqlite3.Row did.
 
-Every write happens in `Catalog.write()`, which serializes writers from its first statement, so
-two processes that both read-then-write (say, "highest version, plus one") never compute the same
-answer: on SQLite `BEGIN IMMEDIATE` takes the database's write lock (WAL: readers never block);
-on PostgreSQL the transaction takes one transaction-level advisory lock, released at its commit
-or rollback (also when the connection dies). `busy_timeout` / the lock wait make a waiting
-process wait rather than fail. Work that competes row by row (claims) uses `claim_lock()`'s
-`FOR UPDATE SKIP LOCKED` on PostgreSQL instead.
+Every write happens in a write transaction, which keeps one guarantee the store modules rely on:
+a read-then-write ("highest version, plus one", "does this name exist yet", lease bookkeeping) is
+never interleaved with a competing writer on the same thing. On SQLite that is `BEGIN IMMEDIATE`:
+the database's one write lock, from the first statement (WAL: readers never block). SQLite has one
+writer at a time anyway, so nothing finer would run more in parallel there.
+
+On PostgreSQL there is no global lock (a writer into one gallery image definition must not wait
+for a writer into another, or for a lab publish, or a lease); each transaction locks what it
+competes on, and only that:
+
+- `write(parents=[(table, key), ...])`: the hot spots, where many writers really collide (versions
+  published into one definition, images committed into one lab, definitions created in one
+  gallery). READ COMMITTED, and the first statements lock the parent rows (`SELECT ... FOR
+  UPDATE`, in key order, so two multi-lab batches cannot deadlock). Every writer of a parent's
+  children takes its lock, so writers into one parent queue, each seeing the previous one's commit
+  once it holds the lock (each READ COMMITTED statement reads what is committed when it starts),
+  and writers into different parents run in parallel. Chosen over SERIALIZABLE for these because
+  a serializable transaction's snapshot is taken at its first statement, before the lock wait:
+  every waiter would then read stale rows and fail with a serialization error, so a hot spot would
+  retry (up to once per writer ahead of it) instead of queueing.
+- `write(tables=[...])`: `LOCK TABLE ... IN EXCLUSIVE MODE` first (gc takes `leases`: no lease can
+  be taken or dropped while gc decides what is unreferenced; readers go on).
+- `transact(body)`: read-then-write without a parent row to lock (a new lab or image name, a VM's
+  SSH port, an image in use by a VM): SERIALIZABLE, so PostgreSQL itself refuses an interleaving
+  that no serial order would give (SQLSTATE 40001, or 40P01 for a deadlock), and the whole body is
+  run again, a bounded number of times. `body` is a function of the Db because a `with` block
+  cannot be re-run; it must do nothing but catalog work (or work that is safe to repeat).
+- `write()` without locks: single statements (an upsert, an update by key, a conditional update
+  such as "Running -> Failed"), which READ COMMITTED makes atomic and re-checks on the newest row.
+- Where workers compete to handle one item (a run whose process is gone, seen by every `kiln runs
+  list` at once), the rows are claimed with `claim_lock()`'s `FOR UPDATE SKIP LOCKED`: each reaper
+  takes the rows nobody else holds, so each is handled once and nobody waits.
+
+Opening takes one transaction-level advisory lock (`MIGRATE_LOCK`) around the migrations, the one
+place where the whole schema is the thing competed for. A connection that dies (the server stopped
+or unreachable) is a clear error naming the catalog (`InvalidInput`, exit 2); its open
+transaction is rolled back by the server, so no partial rows stay behind.
 
 The connection runs in autocommit mode and the transactions are begun and ended here by SQL, so a
 statement outside `write()`/`read()` is its own transaction and nothing is left open between
@@ -31,6 +61,7 @@ one transaction (on PostgreSQL it saves a round trip and a commit per row as wel
 from __future__ import annotations
 
 import json
+import random
 import re
 import threading
 import time
@@ -48,10 +79,18 @@ from sqlalchemy.pool import NullPool
 from kiln.errors import InvalidInput
 from kiln.store import legacy, schema
 
-# pg_advisory_xact_lock key of Catalog.write() (any fixed 64-bit number; "kiln" in ASCII).
-WRITE_LOCK = 0x6B696C6E
+# pg_advisory_xact_lock key taken while migrating at open (any fixed 64-bit number; "kiln" in ASCII).
+MIGRATE_LOCK = 0x6B696C6E
+# Tables whose rows are parents that write(parents=...) locks (their primary key is `key`).
+PARENT_TABLES = frozenset({"galleries", "gallery_images", "labs"})
+# SQLSTATEs after which PostgreSQL asks for the transaction to be run again: serialization failure, deadlock.
+RETRY_STATES = frozenset({"40001", "40P01"})
+TRANSACT_ATTEMPTS = 30
 CATALOG_HINT = "check [cluster] catalog in config.toml (postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE) " \
                "and that the server is up and reachable from this host"
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @lru_cache(maxsize=1024)
@@ -127,22 +166,57 @@ class Result:
 class Db:
     """What `write()` and `read()` hand out, and `Catalog.conn`: `execute(sql, args)` on one connection."""
 
-    def __init__(self, connection: sa.Connection) -> None:
+    def __init__(self, connection: sa.Connection, url: str = "") -> None:
         self.connection = connection
+        self.url = url
 
     def execute(self, sql: str, args: Sequence[object] | Mapping[str, object] = ()) -> Result:
-        if isinstance(args, Mapping):
-            return Result(self.connection.execute(sa.text(sql), {k: _value(v) for k, v in args.items()}))
-        clause, names = _named(sql)
-        if len(names) != len(args):
-            raise TypeError(f"{len(names)} markers, {len(args)} arguments: {sql}")
-        return Result(self.connection.execute(clause, {n: _value(a) for n, a in zip(names, args, strict=True)}))
-
+        with _connection_errors(self.url):
+            if isinstance(args, Mapping):
+                return Result(self.connection.execute(sa.text(sql), {k: _value(v) for k, v in args.items()}))
+            clause, names = _named(sql)
+            if len(names) != len(args):
+                raise TypeError(f"{len(names)} markers, {len(args)} arguments: {sql}")
+            return Result(self.connection.execute(clause, {n: _value(a) for n, a in zip(names, args, strict=True)}))
 
     def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
         """One statement for many rows (the driver's executemany: one round trip per batch)."""
         clause, names = _named(sql)
-        self.connection.execute(clause, [{n: _value(a) for n, a in zip(names, row, strict=True)} for row in rows])
+        with _connection_errors(self.url):
+            self.connection.execute(clause, [{n: _value(a) for n, a in zip(names, row, strict=True)} for row in rows])
+
+    def driver(self, sql: str) -> None:
+        """A statement without binds (BEGIN, COMMIT, LOCK TABLE), straight to the driver."""
+        with _connection_errors(self.url):
+            self.connection.exec_driver_sql(sql)
+
+
+def _sqlstate(e: BaseException) -> str | None:
+    return getattr(getattr(e, "orig", None), "sqlstate", None)
+
+
+def _connection_lost(e: exc.DBAPIError) -> bool:
+    """The server went away or cannot be reached (not an error of the statement itself)."""
+    if e.connection_invalidated:
+        return True
+    state = _sqlstate(e)
+    if state is None:
+        return isinstance(e, exc.OperationalError)  # the driver's own "server closed the connection"
+    return state.startswith("08") or state in ("57P01", "57P02", "57P03")  # connection exception, shutdown
+
+
+@contextmanager
+def _connection_errors(url: str) -> Iterator[None]:
+    try:
+        yield
+    except exc.DBAPIError as e:
+        if url and "://" in url and _connection_lost(e):
+            raise InvalidInput(f"lost the connection to the catalog {url}: {_first_line(e)}",
+                               hint=CATALOG_HINT) from None
+        raise
+
+
+Parent = tuple[str, str]  # (table, key): a row write(parents=...) locks
 
 
 class Catalog:
@@ -159,38 +233,92 @@ class Catalog:
             self.engine.dispose()
             raise InvalidInput(f"cannot open the catalog {self.url}: {_first_line(e)}", hint=CATALOG_HINT) from None
         self.connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-        self.conn = Db(self.connection)
+        self.conn = Db(self.connection, self.url)
+        self.retries = 0  # transact() bodies run again after a serialization failure (tests, benchmarks)
+
+    def _begin(self, *, serializable: bool, parents: Sequence[Parent], tables: Sequence[str]) -> None:
+        if self.dialect == "sqlite":
+            self.conn.driver("BEGIN IMMEDIATE")  # the database's write lock: one writer, whatever it touches
+            return
+        self.conn.driver("BEGIN ISOLATION LEVEL " + ("SERIALIZABLE" if serializable else "READ COMMITTED"))
+        try:
+            for table in sorted(set(tables)):  # before any query: a serializable snapshot comes after the lock
+                if table not in schema.metadata.tables:
+                    raise ValueError(f"no table {table!r} to lock")
+                self.conn.driver(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+            for table, key in sorted(set(parents)):  # one order for all: two batches never deadlock
+                if table not in PARENT_TABLES:
+                    raise ValueError(f"{table!r} is not a parent table ({', '.join(sorted(PARENT_TABLES))})")
+                self.conn.execute(f"SELECT 1 FROM {table} WHERE key = ? FOR UPDATE", (key,))
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if self.connection.invalidated:  # the connection died: the server ended its transaction with it
+            self.connection.rollback()  # (SQLAlchemy's side of it, so a later statement may reconnect)
+            return
+        try:
+            self.conn.driver("ROLLBACK")
+        except InvalidInput:
+            self.connection.rollback()
 
     @contextmanager
-    def write(self) -> Iterator[Db]:
-        """A write transaction, serialized with every other writer's from its first statement."""
-        if self.dialect == "sqlite":
-            self.connection.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            self.connection.exec_driver_sql("BEGIN")
+    def write(self, *, parents: Sequence[Parent] = (), tables: Sequence[str] = ()) -> Iterator[Db]:
+        """A write transaction, run once (see the module docstring for what each backend locks).
+
+        `parents`: rows of PARENT_TABLES whose children this transaction reads and writes (on
+        PostgreSQL they are locked first, and writers of the same parent queue); `tables`: tables
+        locked whole against other writers. Without either, use it for single statements; a
+        read-then-write with nothing to lock is `transact()`."""
+        self._begin(serializable=False, parents=parents, tables=tables)
         try:
-            if self.dialect == "postgresql":
-                self.conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
             yield self.conn
         except BaseException:
-            self.connection.exec_driver_sql("ROLLBACK")
+            self._rollback()
             raise
-        self.connection.exec_driver_sql("COMMIT")
+        self.conn.driver("COMMIT")
+
+    def transact(self, body: Callable[[Db], T], *, parents: Sequence[Parent] = (),
+                 tables: Sequence[str] = ()) -> T:
+        """`body(db)` in one write transaction, and its result. On PostgreSQL the transaction is
+        SERIALIZABLE and a serialization failure or deadlock runs all of `body` again (at most
+        TRANSACT_ATTEMPTS times, with a short random pause that grows), so `body` must do catalog
+        work only, or work that is safe to repeat."""
+        if self.dialect == "sqlite":
+            with self.write() as db:
+                return body(db)
+        for attempt in range(1, TRANSACT_ATTEMPTS + 1):
+            try:
+                self._begin(serializable=True, parents=parents, tables=tables)  # a lock can fail to serialize too
+                result = body(self.conn)
+                self.conn.driver("COMMIT")  # a serialization failure can also come here
+                return result
+            except exc.DBAPIError as e:
+                self._rollback()
+                if _sqlstate(e) not in RETRY_STATES or attempt == TRANSACT_ATTEMPTS:
+                    raise
+                self.retries += 1
+            except BaseException:
+                self._rollback()
+                raise
+            time.sleep(random.uniform(0, 0.002 * min(attempt, 10)))  # spread the retries of colliding writers
+        raise AssertionError("unreachable")
 
     @contextmanager
     def read(self) -> Iterator[Db]:
         """A consistent snapshot for several reads."""
-        self.connection.exec_driver_sql("BEGIN" if self.dialect == "sqlite" else
-                                        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        self.conn.driver("BEGIN" if self.dialect == "sqlite" else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
             yield self.conn
         finally:
-            self.connection.exec_driver_sql("COMMIT")
+            self.conn.driver("COMMIT")
 
     def claim_lock(self) -> str:
         """The suffix of a SELECT that claims rows other workers may be claiming at the same time:
-        on PostgreSQL each worker locks the rows it gets and skips those another holds; on SQLite
-        `write()`'s database lock already makes the claims one at a time."""
+        on PostgreSQL each worker locks the rows it gets and skips those another holds (inside
+        `write()`, READ COMMITTED: a row another claimed and committed is read as it is now); on
+        SQLite `write()`'s database lock already makes the claims one at a time."""
         return "" if self.dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
 
     def execute(self, sql: str, args: Sequence[object] = ()) -> Result:
@@ -254,8 +382,6 @@ def _engine(where: Path | str) -> tuple[str, sa.Engine]:
     return str(path), engine
 
 
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 @dataclass
@@ -337,6 +463,8 @@ def open_catalog(where: Path | str) -> Catalog:
         with cat.write() as db:  # the lock: a second process opening now waits, then finds it done
             if cat.dialect == "sqlite":
                 _finish_legacy(db)
+            else:
+                db.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATE_LOCK,))
             upgrade(cat.connection)
     except BaseException:
         cat.close()

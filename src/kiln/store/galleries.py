@@ -6,10 +6,12 @@ definition holds versions `major.minor.patch`, each one a blob replicated to its
 
 A version is published in two steps (kiln.distribute.galleries does both): its blob is replicated
 to every target region (idempotent, content-addressed), then `add_version`, one write transaction,
-allocates the version number and inserts the row. The number is computed under SQLite's write
-lock, so concurrent publishers never pick the same one (and `UNIQUE (image_key, major, minor,
-patch)` would refuse it anyway); a kill before the commit leaves no row, a kill after it leaves a
-complete one. `add_version` refuses a row whose bytes some target region does not hold.
+allocates the version number and inserts the row. The number is computed while holding the
+definition's lock (SQLite: the database's write lock; PostgreSQL: the definition's row, FOR
+UPDATE, so publishers into other definitions run meanwhile), so concurrent publishers never pick
+the same one (and `UNIQUE (image_key, major, minor, patch)` would refuse it anyway); a kill before
+the commit leaves no row, a kill after it leaves a complete one. Creating a definition locks its
+gallery the same way, and deleting either locks the row it deletes. `add_version` refuses a row whose bytes some target region does not hold.
 """
 
 from __future__ import annotations
@@ -150,10 +152,9 @@ class Galleries:
         rid = _rid(gallery_id, ids.GALLERY, "gallery id")
         known = self.regions.list()
         region = self.regions.get(location) if location else (known[0] if known else None)
-        with self.catalog.write() as db:
-            if db.execute("SELECT 1 FROM galleries WHERE key = ?", (rid.key,)).fetchone() is None:
-                db.execute("INSERT INTO galleries (key, id, location, description, created) VALUES (?, ?, ?, ?, ?)",
-                           (rid.key, str(rid), region.name if region else "", description, now()))
+        with self.catalog.write() as db:  # one statement: two creators at once both get the first one's row
+            db.execute("INSERT INTO galleries (key, id, location, description, created) VALUES (?, ?, ?, ?, ?)"
+                       " ON CONFLICT (key) DO NOTHING", (rid.key, str(rid), region.name if region else "", description, now()))
         return self.get(rid)
 
     def get(self, gallery_id: str | ResourceId) -> Gallery:
@@ -169,7 +170,7 @@ class Galleries:
 
     def delete(self, gallery_id: str | ResourceId) -> Gallery:
         gallery = self.get(gallery_id)
-        with self.catalog.write() as db:
+        with self.catalog.write(parents=[("galleries", gallery.id.key)]) as db:
             n = db.execute("SELECT count(*) FROM gallery_images WHERE gallery_key = ?", (gallery.id.key,)).scalar()
             if n:
                 raise InvalidInput(f"gallery {gallery.id} still has {n} image definition(s)",
@@ -190,7 +191,9 @@ class Galleries:
         want = (choice(os_type, OS_TYPES, "os type"), choice(os_state, OS_STATES, "os state"),
                 choice(hyper_v_generation, HYPER_V_GENERATIONS, "Hyper-V generation"))
         self.get(rid.parent())
-        with self.catalog.write() as db:
+        with self.catalog.write(parents=[("galleries", rid.parent().key)]) as db:
+            if db.execute("SELECT 1 FROM galleries WHERE key = ?", (rid.parent().key,)).fetchone() is None:
+                raise NotFound(f"gallery {rid.parent()} was deleted meanwhile", hint="create it again first")
             r = db.execute("SELECT * FROM gallery_images WHERE key = ?", (rid.key,)).fetchone()
             if r is not None:
                 have = (r["publisher"], r["offer"], r["sku"], r["os_type"], r["os_state"], r["hyper_v_generation"])
@@ -225,7 +228,7 @@ class Galleries:
 
     def delete_definition(self, definition_id: str | ResourceId) -> GalleryImageDefinition:
         d = self.get_definition(definition_id)
-        with self.catalog.write() as db:
+        with self.catalog.write(parents=[("gallery_images", d.id.key)]) as db:
             n = db.execute("SELECT count(*) FROM gallery_image_versions WHERE image_key = ?", (d.id.key,)).scalar()
             if n:
                 raise InvalidInput(f"image definition {d.id} still has {n} version(s)",
@@ -294,11 +297,14 @@ class Galleries:
                     tags: dict[str, str] | None = None, source: str = "",
                     boot_tested: bool = False, boot_generations: tuple[str, ...] = ()) -> GalleryImageVersion:
         """Insert a version of `definition` whose blob every target region already holds, its
-        number chosen by `rule` under the write lock (one transaction). `boot_generations` is what
+        number chosen by `rule` under the definition's lock (one transaction). `boot_generations` is what
         the disk boots; the caller has checked it against the definition's hyperVGeneration."""
         d = definition
         fixed = parse_version(rule.version) if rule.scheme in ("Explicit", "Source") else None
-        with self.catalog.write() as db:
+        with self.catalog.write(parents=[("gallery_images", d.id.key)]) as db:  # publishers into d queue here
+            if db.execute("SELECT 1 FROM gallery_images WHERE key = ?", (d.id.key,)).fetchone() is None:
+                raise NotFound(f"gallery image definition {d.id} was deleted while its version was published",
+                               hint="create it again, then publish again")
             for t in target_regions:
                 if db.execute("SELECT 1 FROM replicas WHERE region = ? AND digest = ?",
                               (t.name.lower(), digest)).fetchone() is None:

@@ -29,7 +29,7 @@ from kiln.store.common import (
     new_holder,
     split_generations,
 )
-from kiln.store.db import Catalog, Row, now
+from kiln.store.db import Catalog, Db, Row, now
 from kiln.store.regions import Regions
 
 
@@ -107,13 +107,16 @@ class Images:
 
     def delete(self, image_id: str | ResourceId) -> ManagedImage:
         image = self.get(image_id)
-        with self.catalog.write() as db:
+
+        def delete(db: Db) -> None:  # serializable: a VM made from it meanwhile makes one of the two run again
             users = [r["id"] for r in db.execute("SELECT id FROM vms WHERE image_key = ? ORDER BY key", (image.id.key,))]
             if users:
                 names = ", ".join(users)
                 raise InvalidInput(f"image {image.id} is the disk of {len(users)} VM(s): {names}",
                                    hint="delete those VMs first (kiln vm delete NAME), or capture them as images")
             db.execute("DELETE FROM images WHERE key = ?", (image.id.key,))
+
+        self.catalog.transact(delete)
         return image
 
     def import_disk(
@@ -186,7 +189,7 @@ class Images:
         `boot_generations` is what the disk boots (`kiln.disk.bios.boot_generations`); the caller checks it."""
         region = self.regions.get(location)
         self.regions.replicate(blob, region.name, monitor)
-        with self.catalog.write() as db:
+        def record(db: Db) -> None:  # serializable: two importers of one name never both find it free
             row = db.execute("SELECT digest FROM images WHERE key = ?", (image_id.key,)).fetchone()
             if row is not None and row["digest"] != blob.digest and not replace:
                 raise InvalidInput(f"image {image_id} already exists with a different disk",
@@ -198,5 +201,7 @@ class Images:
                 (image_id.key, str(image_id), region.name, os_type, os_state, hyper_v_generation, blob.digest,
                  dumps(tags or {}), source, int(boot_tested), now(), join_generations(boot_generations), boot_test),
             )
+
+        self.catalog.transact(record)
         return self.get(image_id)
 

@@ -11,7 +11,8 @@ The store keeps the rows; publishing into a lab (putting the bytes in the lab's 
 kiln.distribute.labs. `commit_images` is the store's half: it lists any number of images whose
 bytes are in place in one write transaction (one fsync for all of them), each with its own
 outcome, so a lab never lists an incomplete image and a killed publish is finished by publishing
-again.
+again. It holds the lock of each lab it lists into (PostgreSQL: the lab rows, FOR UPDATE): two
+publishers into one lab queue, publishers into other labs run meanwhile.
 """
 
 from __future__ import annotations
@@ -163,13 +164,12 @@ class Labs:
         and then none is created."""
         rids = [lab_id(lab) for lab in labs]
         region = self.regions.get(location)
-        with self.catalog.write() as db:
+        with self.catalog.write() as db:  # insert-if-new first: two creators at once never both insert
             for rid in rids:
+                db.execute("INSERT INTO labs (key, id, location, created) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                           (rid.key, str(rid), region.name, now()))
                 row = db.execute("SELECT location FROM labs WHERE key = ?", (rid.key,)).fetchone()
-                if row is None:
-                    db.execute("INSERT INTO labs (key, id, location, created) VALUES (?, ?, ?, ?)",
-                               (rid.key, str(rid), region.name, now()))
-                elif row["location"].lower() != region.name.lower():
+                if row is not None and row["location"].lower() != region.name.lower():
                     raise InvalidInput(f"lab {rid} already exists in {row['location']}",
                                        hint="a lab stays in its region; delete it first to move it")
         return [self.get(rid) for rid in rids]
@@ -193,7 +193,7 @@ class Labs:
 
     def delete(self, lab: str | ResourceId, *, with_images: bool = False) -> Lab:
         found = self.get(lab)
-        with self.catalog.write() as db:
+        with self.catalog.write(parents=[("labs", found.id.key)]) as db:
             vms = [r[0] for r in db.execute("SELECT name FROM vms WHERE lab_key = ? ORDER BY name", (found.id.key,))]
             if vms:  # their disks and QEMU processes would be left with no lab to list them
                 raise InvalidInput(f"lab {found.id} still has {len(vms)} VM(s): {', '.join(vms)}",
@@ -258,7 +258,7 @@ class Labs:
         is listed, now or before): an image whose name was taken meanwhile by other content, or
         whose lab or blob was deleted meanwhile, fails alone and the others are still listed."""
         outcomes: list[KilnError | None] = []
-        with self.catalog.write() as db:
+        with self.catalog.write(parents=[("labs", p.lab.id.key) for p in pending]) as db:
             for p in pending:
                 row = db.execute("SELECT digest FROM lab_custom_images WHERE key = ?", (p.id.key,)).fetchone()
                 if row is not None:

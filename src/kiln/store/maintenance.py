@@ -4,9 +4,12 @@
 replicas of such blobs in folder and Azure regions, expired leases (their process is gone),
 temporary `.unverified` files left by killed processes (their name carries the owner's pid), and
 the work directories of killed runs (their lock is free, see kiln.store.worklock) unless they
-hold a `.kiln-keep` file. It works under the catalog's write lock, so no process can start
-referencing a blob while gc decides to delete it (a publisher leases a blob before it makes it
-visible). The order is always: commit the rows' deletion, then delete the bytes. A gc killed in
+hold a `.kiln-keep` file. It works with the leases table locked (SQLite: the database's write
+lock; PostgreSQL: `LOCK TABLE leases IN EXCLUSIVE MODE`, taken before its snapshot), so no
+process can start referencing a blob while gc decides to delete it (a publisher leases a blob
+before it makes it visible), while writers that take or drop no lease go on meanwhile. Two gcs
+at once take turns on that lock; killed runs' work dirs are claimed by their file lock
+(kiln.store.worklock), so two hosts never remove the same one. The order is always: commit the rows' deletion, then delete the bytes. A gc killed in
 between leaves files no row references, which the next gc finds on disk and takes; the other
 order would leave a row whose bytes are gone.
 
@@ -108,7 +111,7 @@ def gc(store: Store, monitor: Monitor | None = None) -> GcReport:
     monitor = monitor or NullMonitor()
     report = GcReport()
     monitor.step("gc")
-    with store.catalog.write() as db:
+    with store.catalog.write(tables=["leases"]) as db:
         for r in db.execute("SELECT id, pid, pid_start FROM leases").fetchall():
             if not pid_alive(r["pid"], r["pid_start"]):
                 db.execute("DELETE FROM leases WHERE id = ?", (r["id"],))
@@ -156,10 +159,10 @@ def _freed(p: Path) -> int:
 def _delete_unreferenced_bytes(store: Store, report: GcReport, monitor: Monitor) -> None:
     """Delete blob and replica files no row references (this gc's or a killed gc's leftovers).
 
-    Under the write lock, though nothing is written: a publisher leases a digest (a write) before
+    Under the leases lock, though nothing is written: a publisher leases a digest (a write) before
     it looks for the digest's file, so no file can gain a user while it is being deleted here.
     """
-    with store.catalog.write() as db:
+    with store.catalog.write(tables=["leases"]) as db:
         live = _live_leases(db)
         blob_rows = {r["digest"] for r in db.execute("SELECT digest FROM blobs").fetchall()}
         replica_rows = {(r["region"], r["digest"]) for r in db.execute("SELECT region, digest FROM replicas").fetchall()}

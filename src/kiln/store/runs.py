@@ -31,6 +31,7 @@ RUN_STATES = ("Running", "Canceling", "Succeeded", "PartiallySucceeded", "Failed
 FINAL_STATES = ("Succeeded", "PartiallySucceeded", "Failed", "Canceled")
 RUN_SUB_STATES = ("Queued", "Building", "Customizing", "Optimizing", "Validating", "Distributing")
 PROVISIONING_STATES = ("Succeeded", "Failed")
+REAPED_MESSAGE = "the kiln process running it exited without finishing it"  # reap()'s, when the pid is gone
 
 
 def _iso(t: float | None) -> str | None:
@@ -233,15 +234,46 @@ class Runs:
         raise NotFound(f"run output {rid} does not exist", hint=f"kiln run-output list {rid.parent()} shows its run outputs")
 
     def reap(self) -> int:
-        """Mark runs whose process is gone (killed) as Failed; returns how many."""
+        """Mark runs whose process is gone (killed) as Failed; returns how many this call marked.
+
+        Every `kiln runs list` reaps, so many processes may find the same dead run at once: each
+        claims the candidates with `FOR UPDATE SKIP LOCKED` (PostgreSQL; SQLite's write lock makes
+        the claims one at a time), so a run is marked, and counted, by exactly one of them, and no
+        reaper waits for another."""
         dead = [r["run_id"] for r in self.catalog.query("SELECT run_id, pid, pid_start FROM runs WHERE run_state IN ('Running', 'Canceling')")
                 if r["pid"] is not None and not pid_alive(r["pid"], r["pid_start"])]
-        if dead:
-            with self.catalog.write() as db:
-                for run_id in dead:
-                    db.execute("UPDATE runs SET run_state = 'Failed', message = 'the kiln process running it exited without finishing it',"
-                               " end_time = ? WHERE run_id = ? AND run_state IN ('Running', 'Canceling')", (now(), run_id))
-        return len(dead)
+        if not dead:
+            return 0
+        marks = ", ".join("?" * len(dead))
+        with self.catalog.write() as db:
+            claimed = [r["run_id"] for r in db.execute(
+                f"SELECT run_id FROM runs WHERE run_id IN ({marks}) AND run_state IN ('Running', 'Canceling')"
+                f" ORDER BY run_id{self.catalog.claim_lock()}", dead)]
+            for run_id in claimed:
+                db.execute("UPDATE runs SET run_state = 'Failed', message = ?, end_time = ? WHERE run_id = ?",
+                           (REAPED_MESSAGE, now(), run_id))
+        return len(claimed)
+
+    def mark_lost(self, run_id: str, message: str) -> bool:
+        """Fail a run whose worker was lost (another host noticed); True if this call marked it.
+
+        The run's row is locked (FOR UPDATE) while its state is decided, so of two reapers at once
+        the second waits and then finds the run ended: one marks it. A run that ended on its own
+        keeps what it recorded; one this host's `reap()` marked (its local pid gone) gets the
+        worker-lost message instead."""
+        with self.catalog.write() as db:
+            row = db.execute(f"SELECT run_state, message FROM runs WHERE run_id = ?{self._row_lock()}", (run_id,)).fetchone()
+            if row is None:
+                return False
+            if row["run_state"] not in ("Running", "Canceling") and not (
+                    row["run_state"] == "Failed" and row["message"] == REAPED_MESSAGE):
+                return False
+            db.execute("UPDATE runs SET run_state = 'Failed', message = ?, end_time = ? WHERE run_id = ?",
+                       (message, now(), run_id))
+        return True
+
+    def _row_lock(self) -> str:
+        return "" if self.catalog.dialect == "sqlite" else " FOR UPDATE"
 
 
 def _check(value: str, allowed: tuple[str, ...], what: str) -> None:

@@ -26,7 +26,7 @@ from kiln import ids
 from kiln.errors import InvalidInput, NotFound
 from kiln.ids import ResourceId
 from kiln.store.blobs import pid_alive
-from kiln.store.db import Catalog, Row, now
+from kiln.store.db import Catalog, Db, Row, now
 
 VM = "Microsoft.Compute/virtualMachines"
 LAB_VM = "Microsoft.DevTestLab/labs/virtualmachines"
@@ -195,14 +195,16 @@ class Vms:
         return [self._row(r) for r in self.catalog.query("SELECT * FROM vms WHERE lab_key = ? ORDER BY key", (lab.key,))]
 
     def add(self, vm: VirtualMachine) -> VirtualMachine:
-        """Insert the row (no process yet). A taken id or SSH port is refused under the write lock."""
-        with self.catalog.write() as db:
+        """Insert the row (no process yet). A taken id or SSH port is refused (a serializable
+        transaction: two adds of one port at once never both find it free)."""
+        lab = vm.lab_id
+
+        def add(db: Db) -> None:
             if db.execute("SELECT 1 FROM vms WHERE key = ?", (vm.id.key,)).fetchone():
                 raise InvalidInput(f"VM {vm.id} already exists", hint="delete it first (kiln vm delete) or pick another name")
             other = db.execute("SELECT id FROM vms WHERE ssh_port = ?", (vm.ssh_port,)).fetchone()
             if other is not None:
                 raise InvalidInput(f"SSH port {vm.ssh_port} belongs to VM {other['id']}", hint="pick another --ssh-port")
-            lab = vm.lab_id
             db.execute(
                 "INSERT INTO vms (key, id, name, lab_key, image_id, image_key, digest, os_type, hyper_v_generation,"
                 " admin_username, public_key, key_path, ssh_port, cpus, memory_mib, disk_size, dir, pid, pid_start,"
@@ -210,6 +212,8 @@ class Vms:
                 (vm.id.key, str(vm.id), vm.name, lab.key if lab else "", vm.image_id, vm.image_id.lower(), vm.digest,
                  vm.os_type, vm.hyper_v_generation, vm.admin_username, vm.public_key, str(vm.key_path), vm.ssh_port,
                  vm.cpus, vm.memory_mib, vm.disk_size, str(vm.dir), vm.created or now()))
+
+        self.catalog.transact(add, parents=[("labs", lab.key)] if lab else [])  # lab: its delete counts its VMs
         found = self.find(vm.id)
         assert found is not None
         return found
