@@ -202,11 +202,11 @@ class Build:
         catalog answers again."""
         if not self.run_id:
             return "Canceled" if code == 130 else "Failed"
-        from kiln.store.runs import FINAL_STATES
+        from kiln.store.runs import FINAL_STATES, REAPED_MESSAGE
 
         with self._store() as store:
             run = store.runs.get(self.run_id)
-            if code and (run.run_state not in FINAL_STATES or run.message.startswith(state.REAPED_PREFIX)):
+            if code and (run.run_state not in FINAL_STATES or run.message == REAPED_MESSAGE):
                 final = "Canceled" if code == 130 else "Failed"
                 store.runs.finish(self.run_id, final, message or f"the build ended with code {code}")
                 run = store.runs.get(self.run_id)
