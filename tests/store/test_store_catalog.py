@@ -187,6 +187,31 @@ def test_a_dead_processes_lease_expires(store: Store, other_disk: Path) -> None:
     assert store.gc().blobs == [blob.digest]
 
 
+def test_another_hosts_runs_and_leases_are_not_judged_by_this_hosts_pids(store: Store, other_disk: Path) -> None:
+    """A shared catalog holds pids of other machines: a pid free here says nothing about them."""
+    from kiln import ids
+    from kiln.store.blobs import pid_space, process_start
+
+    proc = subprocess.Popen(["sleep", "0"])
+    proc.wait()  # a pid that is free on this host
+    elsewhere = "1234567@00000000-0000-0000-0000-000000000000/4026531836"  # another boot's pid space
+    assert pid_space() and process_start(os.getpid()).endswith("@" + pid_space())
+    tid = ids.parse(f"{SUB}/Microsoft.VirtualMachineImages/imageTemplates/remote")
+    store.runs.register_template(tid, {"properties": {"distribute": []}})
+    remote, local = store.runs.create(tid), store.runs.create(tid)
+    with store.catalog.write() as db:
+        db.execute("UPDATE runs SET pid = ?, pid_start = ? WHERE run_id = ?", (proc.pid, elsewhere, remote))
+        db.execute("UPDATE runs SET pid = ?, pid_start = ? WHERE run_id = ?",
+                   (proc.pid, f"1234567@{pid_space()}", local))
+    assert store.runs.get(remote).run_state == "Running"  # another host's build: not reaped here
+    assert store.runs.get(local).run_state == "Failed"  # this host's dead build: reaped
+    blob = store.blobs.ingest(other_disk, holder="x")
+    with store.catalog.write() as db:  # the lease of a build on another host
+        db.execute("UPDATE leases SET pid = ?, pid_start = ?", (proc.pid, elsewhere))
+    assert store.blobs.live_leases() == {blob.digest}
+    assert blob.digest not in store.gc().blobs
+
+
 def test_runs_and_run_outputs(store: Store) -> None:
     from kiln import ids
     from kiln.store import RunOutput

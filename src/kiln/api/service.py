@@ -35,7 +35,7 @@ from kiln.config import Config
 from kiln.errors import KilnError, NotFound
 from kiln.events import Event, Monitor, NullMonitor
 from kiln.ids import ResourceId
-from kiln.store.blobs import pid_alive
+from kiln.store.blobs import alive_here
 from kiln.store.runs import FINAL_STATES, Run
 from kiln.store.store import Store
 
@@ -134,7 +134,7 @@ class Service:
         if row is None:
             res.end_operation(op.id, "Failed", {"code": "ServerRestarted", "message": why})
             return
-        alive = bool(row["pid"]) and pid_alive(row["pid"], row["pid_start"])
+        alive = bool(row["pid"]) and alive_here(row["pid"], row["pid_start"])  # never another host's pid
         if alive:
             _stop_group(row["pid"], row["pid_start"])
         if alive or row["run_state"] not in FINAL_STATES:
@@ -435,7 +435,7 @@ def _stop_group(pid: int, start: str, grace_s: float = 30.0) -> None:
     except (ProcessLookupError, PermissionError):
         return
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and pid_alive(pid, start):
+    while time.monotonic() < deadline and alive_here(pid, start):
         time.sleep(0.2)
     try:
         os.killpg(pid, signal.SIGKILL)

@@ -22,6 +22,7 @@ cache, and verifies its digest before anyone uses it.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,17 +94,48 @@ class BlobCorrupt(KilnError):
     """A blob's bytes do not match its name."""
 
 
+@functools.cache
+def pid_space() -> str:
+    """Which pids this process sees: the kernel's boot id and this pid namespace. A pid recorded in
+    a catalog that hosts share means something only where both match (another machine, a reboot or
+    another container's namespace all have other processes under the same numbers)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        ns = os.readlink("/proc/self/ns/pid").removeprefix("pid:").strip("[]")
+    except OSError:
+        return ""
+    return f"{boot}/{ns}"
+
+
 def process_start(pid: int) -> str:
-    """The start time of `pid` (from /proc), to tell a live holder from a reused pid; '' if gone."""
+    """The start time of `pid` (from /proc), to tell a live holder from a reused pid, and the pid
+    space it is in (`TICKS@SPACE`); '' if gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return ""
-    return stat.rsplit(")", 1)[1].split()[19]
+    return f"{stat.rsplit(')', 1)[1].split()[19]}@{pid_space()}"
+
+
+def in_this_pid_space(start: str) -> bool:
+    """A `process_start` record made where this process's pids are the same (a record from before
+    the pid space was recorded, plain TICKS, is taken as this host's, as it was then)."""
+    return "@" not in start or start.split("@", 1)[1] == pid_space()
+
+
+def alive_here(pid: int, start: str) -> bool:
+    """The very process recorded as (`pid`, `start`) is alive on this host."""
+    if not start or not in_this_pid_space(start):
+        return False
+    now = process_start(pid)
+    return bool(now) and (now == start or ("@" not in start and now.split("@", 1)[0] == start))
 
 
 def pid_alive(pid: int, start: str) -> bool:
-    return bool(start) and process_start(pid) == start
+    """Alive as far as this host can tell: alive here, or recorded on another host (a shared
+    catalog's run, lease or VM of another machine is that host's to judge, or the cluster's
+    "worker lost" rule's; never reaped here for its pid being free on this machine)."""
+    return (bool(start) and not in_this_pid_space(start)) or alive_here(pid, start)
 
 
 class BlobStore:

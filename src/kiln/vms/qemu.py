@@ -42,7 +42,7 @@ from kiln.sandbox.vm import (
     ovmf_firmware,
     qemu_command,
 )
-from kiln.store.blobs import process_start
+from kiln.store.blobs import alive_here, process_start
 from kiln.store.vms import VirtualMachine
 from kiln.tools import ToolMissing
 
@@ -155,7 +155,7 @@ def qmp(vm: VirtualMachine, command: str, *, timeout: float = 5.0) -> dict[str, 
 def alive(pid: int | None, started: str) -> bool:
     """The process kiln started (same pid, same start time) still runs; an exited child of this
     very process (a zombie until reaped) counts as gone."""
-    return pid is not None and bool(started) and process_start(pid) == started and not _zombie(pid)
+    return pid is not None and alive_here(pid, started) and not _zombie(pid)
 
 
 def kill_group(pid: int, started: str, sig: int = signal.SIGKILL) -> None:
