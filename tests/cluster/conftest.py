@@ -25,10 +25,12 @@ def catalog_server() -> Iterator[CatalogServer]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer,
-            catalog_server: CatalogServer) -> Iterator[Cluster]:
+            catalog_server: CatalogServer, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     from debian_root import bootstrap_debian12
+    from scratch import discard_if_passed
 
     tmp = tmp_path_factory.mktemp("cluster")
+    discard_if_passed(request, tmp)  # registered first, so it runs after the cluster has stopped
     cached = bootstrap_debian12(tmp / "bootstrap")
     c = Cluster(tmp / "hosts", redis_server, cached.config.cache_dir / "roots", catalog_server.database())
     yield c

@@ -101,10 +101,13 @@ def catalog(home: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def runs(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> dict:
+    from scratch import discard_if_passed
+
     cluster.start_worker("w1")
     cluster.start_worker("w2")
     root = tmp_path_factory.mktemp("factoryq")
+    discard_if_passed(request, root)
     config = factory_dir(root / "Configuration")
     single = single_host_home(root, cluster)
     queued, local = factory_run(cluster.submitter, config), factory_run(single, config, "--local")
