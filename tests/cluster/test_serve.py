@@ -55,6 +55,8 @@ def test_the_sdk_runs_a_template_on_a_worker_and_cancels_one(cluster: Cluster) -
         assert got.last_run_status.run_state == "Succeeded", got.last_run_status
         (out,) = list(templates.list_run_outputs(RG, "viaq"))
         assert out.artifact_id.lower() == f"{IMAGES}/viaq".lower()
+        # The worker prints its line once the child has ended, which can be just after the catalog says Succeeded.
+        assert eventually(lambda: any(r[1] == "viaq" for r in worker.runs()), timeout=120), worker.lines()
         (ran,) = [r for r in worker.runs() if r[1] == "viaq"]
         assert ran[2] == "Succeeded"
         events = [json.loads(line) for line in (cluster.submitter / "runs" / ran[0] / "events.jsonl").read_text().splitlines()]
