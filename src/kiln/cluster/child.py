@@ -39,10 +39,11 @@ def lost_catalog_message(home: str, e: BaseException) -> str:
     import sqlalchemy as sa
 
     from kiln.config import load_config
+    from kiln.store.db import shown_url
 
     config = load_config(Path(home))
     where = config.cluster.catalog or str(config.catalog_path)
-    shown = sa.make_url(where).render_as_string(hide_password=True) if "://" in where else where
+    shown = shown_url(where) if "://" in where else where
     cause: BaseException | None = e  # the driver's error, not SQLAlchemy's "rollback first" that followed it
     while cause is not None and not isinstance(cause, sa.exc.DBAPIError):
         cause = cause.__context__

@@ -355,6 +355,11 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def shown_url(url: sa.URL | str) -> str:
+    """A PostgreSQL catalog URL as messages name it: the plain `postgresql` scheme, no password."""
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=True)
+
+
 def _engine(where: Path | str) -> tuple[str, sa.Engine]:
     """The engine for an SQLite path or a PostgreSQL URL, and how to name it in messages (no password)."""
     if isinstance(where, str) and "://" in where:
@@ -366,7 +371,7 @@ def _engine(where: Path | str) -> tuple[str, sa.Engine]:
             raise InvalidInput(f"the catalog URL {url.render_as_string(hide_password=True)!r} is not a PostgreSQL URL",
                                hint=CATALOG_HINT)
         url = url.set(drivername="postgresql+psycopg")
-        shown = url.set(drivername="postgresql").render_as_string(hide_password=True)
+        shown = shown_url(url)
         return shown, sa.create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10})
     path = Path(where)
     engine = sa.create_engine(f"sqlite:///{path}", poolclass=NullPool,
