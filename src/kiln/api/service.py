@@ -52,6 +52,7 @@ class Service:
         self.settings = settings
         self.monitor = monitor or NullMonitor()
         self._log_copies: dict[str, Any] = {}  # operation id -> its run's LogCopy (cluster builds)
+        self._events_kept: set[str] = set()  # the runs whose events.jsonl this server has begun
         if executor is None and config.cluster.queue:  # builds go to the cluster's workers (kiln.cluster)
             from kiln.cluster.executor import RqExecutor
             executor = RqExecutor(config, self._on_event, self._on_done)
@@ -264,7 +265,11 @@ class Service:
             self.resources().set_run(job.op_id, run_id)
         if run_id:  # kept beside the run's log, for GET .../runs/{runId}/events
             self.events_path(run_id).parent.mkdir(parents=True, exist_ok=True)  # a cluster's run logs on its worker
-            with self.events_path(run_id).open("a", encoding="utf-8") as fh:
+            # A restarted server follows a cluster run's stream again from its start: the file it
+            # begins replaces the earlier server's, so each event is kept once.
+            mode = "a" if run_id in self._events_kept else "w"
+            self._events_kept.add(run_id)
+            with self.events_path(run_id).open(mode, encoding="utf-8") as fh:
                 fh.write(json.dumps(data) + "\n")
         if self.config.cluster.queue:  # the worker's log, copied here for GET .../runs/{runId}/log
             from kiln.cluster.runlog import LogCopy
