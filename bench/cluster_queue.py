@@ -4,8 +4,8 @@ One `kiln worker` on a Redis started here (127.0.0.1, a free port, append-only f
 appendfsync always, as docs/architecture.md recommends), and the same child process run two
 ways, alternately, `--rounds` times:
 
-- direct: `python -m kiln.api.child HOME --job FILE`, started and waited for here, as the API's
-  local executor starts it;
+- direct: `python -m kiln.cluster.child HOME --job FILE` (the worker's build process), started
+  and waited for here;
 - queued: `RqEngine.enqueue()` of the same request, a worker takes it and starts that child, and
   this process follows the run's event stream to its end record (as `kiln build` does).
 
@@ -86,7 +86,7 @@ def main() -> None:
         direct_ms, queued_ms, pickup_ms = [], [], []
         for _ in range(args.rounds + 1):  # the first round warms caches and is dropped
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "kiln.api.child", str(home), "--job", str(job_file)],
+            subprocess.run([sys.executable, "-m", "kiln.cluster.child", str(home), "--job", str(job_file)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd="/")
             direct = (time.perf_counter() - t0) * 1000
 

@@ -59,6 +59,7 @@ DEFAULT_REGIONS = ("eastus", "westus2", "westeurope", "northeurope", "southeasta
 class UriRewrite:
     prefix: str
     target: str
+    exact: bool = False  # only this very URI (a cluster job's file: kiln.cluster.jobfiles), before any prefix rule
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,11 @@ class Fetcher:
         self.monitor = monitor or NullMonitor()
 
     def rewrite(self, uri: str) -> str:
-        """`uri` after the first (longest) matching rewrite rule; unchanged if none matches."""
-        for rule in sorted(self.config.uri_rewrites, key=lambda r: len(r.prefix), reverse=True):
+        """`uri` after its exact rule, or else the longest matching prefix rule; unchanged if none matches."""
+        for rule in self.config.uri_rewrites:
+            if rule.exact and uri == rule.prefix:
+                return rule.target
+        for rule in sorted((r for r in self.config.uri_rewrites if not r.exact), key=lambda r: len(r.prefix), reverse=True):
             if uri.startswith(rule.prefix):
                 rest = uri[len(rule.prefix):]
                 if "://" in rule.target:

@@ -215,11 +215,11 @@ class Cluster:
     def status(self) -> dict:
         return json.loads(kiln(self.submitter, "cluster", "status", "--json").stdout)
 
-    def build(self, path: Path, *args: str) -> subprocess.Popen[str]:
+    def build(self, path: Path, *args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
         """`kiln build` on the submitter, in the background (it follows the run until it ends)."""
         return subprocess.Popen([sys.executable, "-m", "kiln", "--home", str(self.submitter), "build",
                                  "--no-validate", *args, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+                                text=True, cwd=cwd)
 
     def run_in_flight(self, template_name: str, timeout: float = 300) -> dict:
         found: dict = {}

@@ -1,8 +1,12 @@
 """Builds through the queue on two `kiln worker`s: a build enqueued by `kiln build` runs on a worker
-and publishes, both workers take work, status shows them, and a cancel from the CLI stops a build
-running on the other worker and leaves that host clean."""
+and publishes, both workers take work, status shows them, a template's local files reach the
+worker through the shared blob store, and a cancel from the CLI stops a build running on the
+other worker and leaves that host clean."""
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 import pytest
 from clusterlib import Cluster, image_id, kiln, processes_with, template, wait_done
@@ -63,6 +67,40 @@ def test_two_workers_both_take_work(two: Cluster, tmp_path) -> None:
     assert {t for ts in took.values() for t in ts} >= {"pair0", "pair1"}
     assert all(any(t.startswith("pair") for t in ts) for ts in took.values()), took
     assert published(two, "pair0") and published(two, "pair1")
+
+
+def test_a_templates_local_files_travel_with_its_job(two: Cluster, tmp_path) -> None:
+    """A relative scriptUri (from where `kiln build` runs) and a file:// sourceUri of the submitter's
+    host reach the worker through the shared blob store; the worker's process runs elsewhere."""
+    here = tmp_path / "submitter-cwd"
+    (here / "payload").mkdir(parents=True)
+    script = here / "payload" / "hello.sh"
+    script.write_text("#!/bin/sh\necho hello-from-the-submitters-script\n")
+    motd = tmp_path / "motd.txt"
+    motd.write_text("built with a file of the submitter's\n")
+    path = template(tmp_path / "files.json", "files")
+    doc = json.loads(path.read_text())
+    doc["properties"]["customize"] = [
+        {"type": "Shell", "name": "script", "scriptUri": "payload/hello.sh",
+         "sha256Checksum": hashlib.sha256(script.read_bytes()).hexdigest()},
+        {"type": "File", "name": "motd", "sourceUri": motd.as_uri(), "destination": "/etc/motd"},
+        {"type": "Shell", "name": "show", "inline": ["echo \"motd: $(cat /etc/motd)\""]},
+    ]
+    path.write_text(json.dumps(doc))
+    build = two.build(path, cwd=here)
+    flight = two.run_in_flight("files")
+    code, out, err = wait_done(build)
+    assert code == 0, err
+    log = (two.submitter / "runs" / flight["runId"] / "worker-customization.log").read_text()
+    assert "hello-from-the-submitters-script" in log
+    assert "motd: built with a file of the submitter's" in log
+    # Each file was fetched from the worker's cache of the shared store, under the sha256 of its bytes.
+    worker = two.workers[flight["worker"]]
+    for uri, f in (("payload/hello.sh", script), (motd.as_uri(), motd)):
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        assert f"fetched {uri} (rewritten to {worker.home / 'cache' / 'job-files' / digest})" in log
+        assert list(two.root.joinpath("shared-blobs").rglob(f"*{digest}*"))
+    assert published(two, "files")
 
 
 def test_cancel_from_the_cli_stops_a_build_on_the_other_worker_and_leaves_it_clean(two: Cluster, tmp_path) -> None:

@@ -77,8 +77,11 @@ def job_main(argv: list[str]) -> int:
         return main([str(config.home), request.template_id])
     with Store.open(config) as store:
         def one() -> None:
-            template, options = request.load_document(config)
-            build(template, config=config, store=store, monitor=ServerPipe(sys.stdout), options=options)
+            from kiln.cluster.jobfiles import unpack
+
+            job_config = unpack(config, request.files)  # the submitter's local files, from the shared blob store
+            template, options = request.load_document(job_config)
+            build(template, config=job_config, store=store, monitor=ServerPipe(sys.stdout), options=options)
 
         return _exit_code(one)
 

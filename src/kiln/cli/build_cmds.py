@@ -37,16 +37,18 @@ def build_cmd(app: App, template: Path, parameters: tuple[str, ...], no_validate
     options = BuildOptions(validate=not no_validate, boot_timeout_s=boot_timeout, keep_work=keep_work)
     monitor = make_monitor(app, json_stream=sys.stdout)  # kiln build streams its JSON events on stdout (always has)
     if app.config.cluster.queue and not local:  # enqueue for the workers (kiln.cluster), follow, same output
+        from kiln.cluster.jobfiles import leased, pack
         from kiln.cluster.runlog import copy_path
         from kiln.cluster.submit import engine, requests_for, run_queued
         from kiln.jsonfile import read_json
 
-        requests = requests_for(template, read_json(template), templates, params, validate=not no_validate,
-                                boot_timeout_s=boot_timeout, keep_work=keep_work)
         rq = engine(app.config)  # unreachable: exit 2 before anything was queued or written
-        for request in requests:
-            run_id = run_queued(app.config, rq, request, monitor)
-            with open_store(app) as store:
+        files = pack(app.config, templates)  # the template's local files, for workers on other hosts
+        requests = requests_for(template, read_json(template), templates, params, validate=not no_validate,
+                                boot_timeout_s=boot_timeout, keep_work=keep_work, files=files)
+        with open_store(app) as store, leased(store, files):
+            for request in requests:
+                run_id = run_queued(app.config, rq, request, monitor)
                 print_run(store.runs.get(run_id), as_json, log_copy=copy_path(app.config.runs_dir, run_id))
         return
     with open_store(app) as store:

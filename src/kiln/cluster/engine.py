@@ -38,6 +38,7 @@ class BuildRequest:
     retries: int | None = None  # kiln.retries (0|1); None: the engine's default ([cluster] retries) at enqueue
     attempt: int = 1  # 2: the retry of a build whose worker was lost (see state.lose)
     build: str = ""  # a retry: the first attempt's job id, which keys the build's stream, cancel and in-flight entry
+    files: dict[str, str] = field(default_factory=dict)  # document: its local files (kiln.cluster.jobfiles)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

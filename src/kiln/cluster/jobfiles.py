@@ -1,0 +1,141 @@
+"""The local files a template names travel with its job, through the shared blob store.
+
+A template built with `kiln build` may name files on the submitter's host: a Shell or PowerShell
+`scriptUri`, a File `sourceUri`, an ISO source, an in-VM validator's script, a plain path
+relative to where `kiln build` runs or a `file://` URI (after the submitter's own
+`[[uri_rewrites]]`). A worker on another host has none of them. So before a job is queued,
+`pack` puts each such file into the cluster's shared blob store under the sha256 of its bytes
+(content-addressed, as disks are: a file two templates share is stored once) and records
+URI → digest in the job (`BuildRequest.files`). On the worker, `unpack` fetches each digest into
+the host's cache (`cache/job-files/DIGEST`, verified before it gets its name, kept for the next
+job) and gives the build a config whose exact URI rules (`UriRewrite(exact=True)`) point each URI
+at its cached copy. The build then fetches and checks them as a local build does, with
+`sha256Checksum` still verified against the bytes the submitter sent.
+
+The submitter leases each digest for as long as it follows its build (`BlobStore.take_lease`):
+`kiln store gc` keeps the shared objects that a live lease names. A file that does not exist is
+not packed: the worker's build then fails at that step, as a local build would. Without
+`[cluster] blobs` nothing is packed, and the files must be at the same path on every worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kiln.errors import KilnError
+
+if TYPE_CHECKING:
+    from kiln.config import Config
+    from kiln.store.shared import SharedBlobs
+    from kiln.store.store import Store
+    from kiln.template.model import ImageTemplate
+
+CACHE = "job-files"
+_CHUNK = 1 << 20
+
+
+def uris(template: ImageTemplate) -> list[str]:
+    """Every URI the template's build fetches, in template order, each once."""
+    found: list[str] = []
+    for step in (template.source, *template.customize, *template.validate.in_vm_validations):
+        uri = getattr(step, "script_uri", None) or getattr(step, "source_uri", None)
+        if uri:
+            found.append(uri)
+    if template.optimize is not None and template.optimize.workload_script_uri:
+        found.append(template.optimize.workload_script_uri)
+    return list(dict.fromkeys(found))
+
+
+def local_path(config: Config, uri: str) -> Path | None:
+    """The file `uri` names on this host (after this host's rewrites), or None for a remote URI."""
+    from kiln.fetch import Fetcher
+
+    actual = Fetcher(config).rewrite(uri)
+    parts = urllib.parse.urlsplit(actual)
+    if parts.scheme.lower() == "file" and parts.netloc in ("", "localhost"):
+        return Path(urllib.parse.unquote(parts.path))
+    if len(parts.scheme) > 1:
+        return None
+    return Path(actual)
+
+
+def pack(config: Config, templates: tuple[ImageTemplate, ...]) -> dict[str, str]:
+    """Upload the templates' local files to the shared store; returns URI → sha256 for the job."""
+    from kiln.store.shared import open_shared
+
+    shared = open_shared(config.cluster.blobs)
+    if shared is None:
+        return {}
+    files: dict[str, str] = {}
+    for t in templates:
+        for uri in uris(t):
+            path = local_path(config, uri)
+            if uri in files or path is None or not path.is_file():
+                continue
+            digest = sha256_of(path)
+            if not shared.exists(digest):
+                shared.put(digest, path)
+            files[uri] = digest
+    return files
+
+
+@contextmanager
+def leased(store: Store, files: dict[str, str]) -> Iterator[None]:
+    """Keep `kiln store gc` from removing the job's files from the shared store while the block runs."""
+    holder = f"job files of pid {os.getpid()}"
+    taken = [store.blobs.take_lease(digest, holder) for digest in set(files.values())]
+    try:
+        yield
+    finally:
+        for lease in taken:
+            store.blobs.release_lease(lease)
+
+
+def unpack(config: Config, files: dict[str, str]) -> Config:
+    """On the worker: the job's files in this host's cache, and `config` with a rule per URI to its copy."""
+    from kiln.config import UriRewrite
+    from kiln.store.shared import open_shared
+
+    if not files:
+        return config
+    shared = open_shared(config.cluster.blobs)
+    if shared is None:
+        raise KilnError("this job carries files in the cluster's shared blob store, but this host has no "
+                        "[cluster] blobs", hint="give every host of the cluster the same [cluster] blobs in config.toml")
+    rules = tuple(UriRewrite(uri, str(cached(config, shared, digest)), exact=True) for uri, digest in files.items())
+    return dataclasses.replace(config, uri_rewrites=(*rules, *config.uri_rewrites))
+
+
+def cached(config: Config, shared: SharedBlobs, digest: str) -> Path:
+    """The job file `digest` in this host's cache, fetched from the shared store if it is not there yet."""
+    final = config.cache_dir / CACHE / digest
+    if final.is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".fetch-{os.getpid()}-{digest[:16]}")
+    try:
+        shared.fetch(digest, tmp)
+        got = sha256_of(tmp)
+        if got != digest:
+            raise KilnError(f"the shared store's copy of job file {digest} ({shared.url}) is damaged (sha256 {got}); "
+                            "it was not used", hint="delete that object from the shared store and submit the build again")
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
