@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from clusterlib import CatalogServer, Cluster, image_id, kiln, processes_with, template, wait_done
@@ -90,13 +93,19 @@ def images_named(c: Cluster, name: str) -> list[dict]:
 
 def test_kill_9_of_a_worker_mid_build_retries_it_once_on_the_other_worker_when_the_template_says_so(
         cluster: Cluster, tmp_path) -> None:
-    # The step is a script file the workers read at the same path: the first attempt sleeps, and the
-    # test rewrites it before the retry, which then ends at once.
-    step = tmp_path / "step.sh"
+    # The step is a script the workers fetch from a loopback HTTP server here: the first attempt
+    # sleeps, and the test rewrites it before the retry, which then ends at once.
+    served = tmp_path / "served"
+    served.mkdir()
+    step = served / "step.sh"
     step.write_text("echo first-attempt\nsleep 953\n")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     t = template(tmp_path / "again.json", "again", tags={"kiln.retries": "1"})
     doc = json.loads(t.read_text())
-    doc["properties"]["customize"] = [{"type": "Shell", "name": "step", "scriptUri": str(step)}]
+    # A URL each attempt fetches on its worker (a local file would travel with the job, the same for both).
+    doc["properties"]["customize"] = [{"type": "Shell", "name": "step",
+                                       "scriptUri": f"http://127.0.0.1:{server.server_port}/step.sh"}]
     t.write_text(json.dumps(doc))
     first = cluster.start_worker("first", "--queues", "kiln.build.any")
     submit = cluster.build(t)
@@ -112,6 +121,7 @@ def test_kill_9_of_a_worker_mid_build_retries_it_once_on_the_other_worker_when_t
     assert eventually(lambda: not processes_with("sleep 953"), timeout=30, interval=0.2)
 
     code, out, err = wait_done(submit, timeout=900)  # the submitter follows the build to its retry's end
+    server.shutdown()
     assert code == 0, err
     assert "worker lost; retrying (attempt 2 of 2): first stopped heartbeating mid-build" in err
     assert "Traceback" not in err

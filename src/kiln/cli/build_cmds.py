@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,14 +43,15 @@ def build_cmd(app: App, template: Path, parameters: tuple[str, ...], no_validate
         from kiln.cluster.submit import engine, requests_for, run_queued
         from kiln.jsonfile import read_json
 
+        requests = requests_for(template, read_json(template), templates, params, validate=not no_validate,
+                                boot_timeout_s=boot_timeout, keep_work=keep_work)  # a bad kiln tag: exit 2 here
         rq = engine(app.config)  # unreachable: exit 2 before anything was queued or written
         files = pack(app.config, templates)  # the template's local files, for workers on other hosts
-        requests = requests_for(template, read_json(template), templates, params, validate=not no_validate,
-                                boot_timeout_s=boot_timeout, keep_work=keep_work, files=files)
-        with open_store(app) as store, leased(store, files):
+        with leased(app.config, files):
             for request in requests:
-                run_id = run_queued(app.config, rq, request, monitor)
-                print_run(store.runs.get(run_id), as_json, log_copy=copy_path(app.config.runs_dir, run_id))
+                run_id = run_queued(app.config, rq, dataclasses.replace(request, files=files), monitor)
+                with open_store(app) as store:
+                    print_run(store.runs.get(run_id), as_json, log_copy=copy_path(app.config.runs_dir, run_id))
         return
     with open_store(app) as store:
         for t in templates:

@@ -12,7 +12,7 @@ job) and gives the build a config whose exact URI rules (`UriRewrite(exact=True)
 at its cached copy. The build then fetches and checks them as a local build does, with
 `sha256Checksum` still verified against the bytes the submitter sent.
 
-The submitter leases each digest for as long as it follows its build (`BlobStore.take_lease`):
+The submitter leases each digest for as long as it follows its builds (`BlobStore.take_lease`):
 `kiln store gc` keeps the shared objects that a live lease names. A file that does not exist is
 not packed: the worker's build then fails at that step, as a local build would. Without
 `[cluster] blobs` nothing is packed, and the files must be at the same path on every worker.
@@ -34,7 +34,6 @@ from kiln.errors import KilnError
 if TYPE_CHECKING:
     from kiln.config import Config
     from kiln.store.shared import SharedBlobs
-    from kiln.store.store import Store
     from kiln.template.model import ImageTemplate
 
 CACHE = "job-files"
@@ -87,15 +86,23 @@ def pack(config: Config, templates: tuple[ImageTemplate, ...]) -> dict[str, str]
 
 
 @contextmanager
-def leased(store: Store, files: dict[str, str]) -> Iterator[None]:
-    """Keep `kiln store gc` from removing the job's files from the shared store while the block runs."""
+def leased(config: Config, files: dict[str, str]) -> Iterator[None]:
+    """Keep `kiln store gc` from removing the job's files from the shared store while the block runs.
+    The catalog is opened only to take and to release the leases, not held open meanwhile."""
+    from kiln.store.store import Store
+
+    if not files:
+        yield
+        return
     holder = f"job files of pid {os.getpid()}"
-    taken = [store.blobs.take_lease(digest, holder) for digest in set(files.values())]
+    with Store.open(config) as store:
+        taken = [store.blobs.take_lease(digest, holder) for digest in set(files.values())]
     try:
         yield
     finally:
-        for lease in taken:
-            store.blobs.release_lease(lease)
+        with Store.open(config) as store:
+            for lease in taken:
+                store.blobs.release_lease(lease)
 
 
 def unpack(config: Config, files: dict[str, str]) -> Config:
