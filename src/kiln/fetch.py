@@ -84,16 +84,11 @@ class Fetcher:
         scheme = urllib.parse.urlsplit(uri).scheme.lower()
         if scheme in ("http", "https"):
             return self._http(uri, out, shown, what)
-        if scheme == "file":
-            parts = urllib.parse.urlsplit(uri)
-            if parts.netloc not in ("", "localhost"):
-                raise InvalidInput(f"file URI with a host is not supported: {uri}", path=what,
-                                   hint="use file:///absolute/path")
-            return self._local(Path(urllib.parse.unquote(parts.path)), out, shown, what)
-        if scheme and len(scheme) > 1:
+        path = local_file(uri, what=what)
+        if path is None:
             raise InvalidInput(f"unsupported URI scheme {scheme!r}: {uri}", path=what,
                                hint="use http(s)://, file:// or a local path, or add a [[uri_rewrites]] rule in config.toml")
-        return self._local(Path(uri), out, shown, what)
+        return self._local(path, out, shown, what)
 
     def _http(self, uri: str, out: Path, shown: str, what: str) -> str:
         hint = "check the URL and the network, or map it to a local copy with [[uri_rewrites]] in config.toml"
@@ -120,6 +115,29 @@ class Fetcher:
                 dst.write(chunk)
         shutil.copymode(path, out)
         return h.hexdigest()
+
+
+def local_file(uri: str, *, what: str = "") -> Path | None:
+    """The file a (rewritten) URI names on this host: a `file://` URI or a plain path; None for
+    any other scheme. A `file://` URI naming another host is an InvalidInput."""
+    parts = urllib.parse.urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise InvalidInput(f"file URI with a host is not supported: {uri}", path=what, hint="use file:///absolute/path")
+        return Path(urllib.parse.unquote(parts.path))
+    if scheme and len(scheme) > 1:
+        return None
+    return Path(uri)
+
+
+def sha256_file(path: Path) -> str:
+    """The file's sha256 as a template's `sha256Checksum` gives it (64 hex digits)."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _checksum_path(what: str) -> str:

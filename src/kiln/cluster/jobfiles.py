@@ -21,15 +21,13 @@ not packed: the worker's build then fails at that step, as a local build would. 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
-import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kiln.errors import KilnError
+from kiln.errors import InvalidInput, KilnError
 
 if TYPE_CHECKING:
     from kiln.config import Config
@@ -37,7 +35,6 @@ if TYPE_CHECKING:
     from kiln.template.model import ImageTemplate
 
 CACHE = "job-files"
-_CHUNK = 1 << 20
 
 
 def uris(template: ImageTemplate) -> list[str]:
@@ -52,33 +49,25 @@ def uris(template: ImageTemplate) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def local_path(config: Config, uri: str) -> Path | None:
-    """The file `uri` names on this host (after this host's rewrites), or None for a remote URI."""
-    from kiln.fetch import Fetcher
-
-    actual = Fetcher(config).rewrite(uri)
-    parts = urllib.parse.urlsplit(actual)
-    if parts.scheme.lower() == "file" and parts.netloc in ("", "localhost"):
-        return Path(urllib.parse.unquote(parts.path))
-    if len(parts.scheme) > 1:
-        return None
-    return Path(actual)
-
-
 def pack(config: Config, templates: tuple[ImageTemplate, ...]) -> dict[str, str]:
     """Upload the templates' local files to the shared store; returns URI → sha256 for the job."""
+    from kiln.fetch import Fetcher, local_file, sha256_file
     from kiln.store.shared import open_shared
 
     shared = open_shared(config.cluster.blobs)
     if shared is None:
         return {}
+    fetcher = Fetcher(config)
     files: dict[str, str] = {}
     for t in templates:
         for uri in uris(t):
-            path = local_path(config, uri)
+            try:  # the file this host's fetch would read (a bad file:// URI fails on the worker, as locally)
+                path = local_file(fetcher.rewrite(uri))
+            except InvalidInput:
+                continue
             if uri in files or path is None or not path.is_file():
                 continue
-            digest = sha256_of(path)
+            digest = sha256_file(path)
             if not shared.exists(digest):
                 shared.put(digest, path)
             files[uri] = digest
@@ -122,14 +111,16 @@ def unpack(config: Config, files: dict[str, str]) -> Config:
 
 def cached(config: Config, shared: SharedBlobs, digest: str) -> Path:
     """The job file `digest` in this host's cache, fetched from the shared store if it is not there yet."""
+    from kiln.fetch import sha256_file
+    from kiln.store import files
     final = config.cache_dir / CACHE / digest
     if final.is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".fetch-{os.getpid()}-{digest[:16]}")
+    tmp = files.tmp_name(final.parent, "fetch")
     try:
         shared.fetch(digest, tmp)
-        got = sha256_of(tmp)
+        got = sha256_file(tmp)
         if got != digest:
             raise KilnError(f"the shared store's copy of job file {digest} ({shared.url}) is damaged (sha256 {got}); "
                             "it was not used", hint="delete that object from the shared store and submit the build again")
@@ -138,11 +129,3 @@ def cached(config: Config, shared: SharedBlobs, digest: str) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return final
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()

@@ -35,15 +35,14 @@ def check_catalog(url: str) -> None:
 
 
 def requests_for(file: Path, document: Any, templates: tuple[ImageTemplate, ...], parameters: dict[str, str], *,
-                 validate: bool, boot_timeout_s: float, keep_work: bool,
-                 files: dict[str, str] | None = None) -> list[BuildRequest]:
+                 validate: bool, boot_timeout_s: float, keep_work: bool) -> list[BuildRequest]:
     out = []
     for i, t in enumerate(templates):
         requires, host = requirements(t.tags, file=str(file))
         out.append(BuildRequest("document", t.name, document=document, file=str(file.absolute()), parameters=parameters,
                                 index=i, validate=validate, boot_timeout_s=boot_timeout_s, keep_work=keep_work,
                                 timeout_minutes=t.timeout_minutes, requires=requires, host=host,
-                                retries=retries(t.tags, file=str(file)), files=files or {}))
+                                retries=retries(t.tags, file=str(file))))
     return out
 
 

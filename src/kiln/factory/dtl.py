@@ -19,7 +19,6 @@ evaluated with those values. Every problem is collected with its file and JSON p
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,14 +123,6 @@ def load_artifact(folder: Path, problems: list[Problem]) -> Artifact | None:
     return Artifact(folder.name, folder, str(data.get("title", folder.name)), str(target), tuple(params), command, file_uris)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _artifact_name(artifact_id: str) -> str:
     """The artifact's folder name: the segment after the last `artifacts/` of its id."""
     parts = [p for p in artifact_id.split("/") if p]
@@ -185,6 +176,8 @@ def _arg_values(artifact: Artifact, given: Any, file: str, path: JsonPath, probl
 def artifact_steps(artifact: Artifact, values: dict[str, Any], image_os: str, file: str, path: JsonPath,
                    problems: list[Problem]) -> list[Any]:
     """The File + Shell (or PowerShell) steps that apply one artifact."""
+    from kiln.fetch import sha256_file
+
     where = render(path)
     if artifact.target_os != image_os:
         hint = ("Windows artifacts need a Windows image, which cannot be built on this host"
@@ -209,7 +202,7 @@ def artifact_steps(artifact: Artifact, values: dict[str, Any], image_os: str, fi
     for f in artifact.files():
         rel = f.relative_to(artifact.folder).as_posix()
         steps.append(FileStep(name=f"artifact {artifact.name}: {rel}", source_uri=str(f.absolute()),
-                              destination=f"{stage}/{rel}", sha256_checksum=_sha256(f)))
+                              destination=f"{stage}/{rel}", sha256_checksum=sha256_file(f)))
     for uri in uris if isinstance(uris, list) else [uris]:
         steps.append(FileStep(name=f"artifact {artifact.name}: {uri}", source_uri=str(uri), destination=f"{stage}/"))
     if artifact.target_os == "Windows":
